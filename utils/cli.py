@@ -287,3 +287,18 @@ def parse_with(parser: argparse.ArgumentParser, argv: Sequence[str] | None, chec
     for check in checks:
         check(args, parser)
     return args
+
+
+def parse_eval_args(description: str, argv: Sequence[str] | None, check) -> argparse.Namespace:
+    """Parser of the two evaluation scripts: same flags, a script-specific final check."""
+    parser = make_parser(description)
+    for add in (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_eval_output_args, add_runtime_args):
+        add(parser)
+
+    def common(args, parser):
+        check_pretrained_args(args, parser, required=True)
+        check_attack_args(args, parser)
+        if args.gen_val_adv_mode and args.gen_train_adv_mode:
+            parser.error("--gen_val_adv_mode and --gen_train_adv_mode exclude each other; pick one split")
+
+    return parse_with(parser, argv, (check_data_args, common, check))

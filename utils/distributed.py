@@ -34,3 +34,11 @@ def gather_cases(results: dict, run_dir: str | None = None) -> dict:
     for part in gathered:
         merged.update(part or {})
     return merged
+
+
+def init_from_args(args):
+    """Join the process group when launched by torchrun/srun (extended in the distributed issue).
+
+    Returns the device of this rank, or ``None`` when running as one process.
+    """
+    return None

@@ -380,3 +380,110 @@ def finish_run(args: argparse.Namespace, run_dir: str | None, results: dict[str,
     if per_case:
         print(format_summary(overall, title), flush=True)
     return report
+
+
+# --------------------------------------------------------------------------- the two jobs
+
+
+def load_trained_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    """The model of the model flags with the weights of ``--pretrained_path``, in eval mode."""
+    from networks import build_model_from_args
+    from networks.checkpoint import load_model_weights
+
+    model = build_model_from_args(args)
+    load_model_weights(model, args.pretrained_path)
+    logger.info("model %s loaded from %s", args.model_name, args.pretrained_path)
+    return model.to(device).eval()
+
+
+def _eval_items(args: argparse.Namespace) -> tuple[str, list[dict]]:
+    from utils.data import load_datalist, split_for_mode
+
+    split = split_for_mode(args.gen_train_adv_mode)
+    items = load_datalist(args.data_dir, args.json_list, split)
+    if args.max_cases is not None:
+        items = items[: args.max_cases]
+    return split, items
+
+
+def _start(args: argparse.Namespace, run_dir: str | None) -> torch.device:
+    from utils.cli import resolve_device, setup_logging
+
+    device = dist_utils.init_from_args(args)
+    if device is None:
+        device = resolve_device(args.device)
+    log_file = os.path.join(run_dir, "log.out") if run_dir and dist_utils.is_main_process() else None
+    setup_logging(log_file, args.verbose)
+    if run_dir is not None:
+        prepare_run_dir(run_dir, args)
+    return device
+
+
+def run_generation(args: argparse.Namespace) -> dict:
+    """Attack every case of the split, report clean vs adversarial metrics, save volumes."""
+    from utils.cli import adv_subdir_name, attack_summary, build_attack_from_args
+    from utils.losses import build_dice_ce
+
+    started = time.perf_counter()
+    run_dir = None if args.debugging else os.path.join(
+        args.save_adv_images_dir, "" if args.no_sub_dir_adv_images else adv_subdir_name(args))
+    if run_dir is not None:
+        run_dir = os.path.normpath(run_dir)
+    split, items = _eval_items(args)
+    device = _start(args, run_dir)
+    logger.info("generating adversarial %s cases under %s", split, attack_summary(args))
+    model = load_trained_model(args, device)
+    attack = build_attack_from_args(args, model, build_dice_ce())
+    roi = (args.roi_x, args.roi_y, args.roi_z)
+
+    def make_adv(item, image, label, index):
+        seed_everything(args.seed + index)  # per case: sharded runs equal one-process runs
+        if args.targeted:
+            label = torch.full_like(label, args.target_class)
+        return attack_volume(image, label, attack, roi, args.attack_batch_size,
+                             progress=dist_utils.is_main_process())
+
+    evaluator = CaseEvaluator(args, model, device, run_dir, split, save_volumes=True)
+    results = evaluator.run(items, make_adv)
+    return finish_run(args, run_dir, results, evaluator, items, attack_summary(args), time.perf_counter() - started)
+
+
+def adv_images_folder(args: argparse.Namespace) -> str:
+    from utils.cli import adv_subdir_name
+
+    folder = args.adv_images_dir if args.no_sub_dir_adv_images else os.path.join(args.adv_images_dir, adv_subdir_name(args))
+    if not os.path.isdir(folder):
+        hint = "" if args.no_sub_dir_adv_images else " (the attack flags name the sub-folder; pass --no_sub_dir_adv_images to use the folder itself)"
+        raise UserError(f"adversarial images folder not found: {folder}{hint}")
+    return os.path.normpath(folder)
+
+
+def run_inference(args: argparse.Namespace) -> dict:
+    """Evaluate a model on clean volumes vs adversarial volumes saved by a generation run."""
+    from utils.cli import attack_summary
+
+    started = time.perf_counter()
+    folder = adv_images_folder(args)
+    split, items = _eval_items(args)
+    tag = "Tr" if split == "training" else "Ts"
+    stem = os.path.splitext(os.path.basename(args.pretrained_path))[0]
+    run_dir = None if args.debugging else os.path.normpath(args.results_dir or os.path.join(folder, "inference", stem))
+    device = _start(args, run_dir)
+    logger.info("evaluating %s on saved adversarial volumes in %s", args.pretrained_path, folder)
+    model = load_trained_model(args, device)
+
+    def load_adv(item, image, label, index):
+        path = os.path.join(folder, f"images{tag}Adv", f"adv_{case_name(item)}")
+        if not os.path.exists(path):
+            raise UserError(f"saved adversarial volume missing: {path}; generate it first or check --adv_images_dir")
+        array, _ = load_nifti(path)
+        if tuple(array.shape) != tuple(image.shape[2:]):
+            raise UserError(
+                f"{path} has shape {tuple(array.shape)} but case {case_name(item)} loads as {tuple(image.shape[2:])}; "
+                "use the same data flags (--space_*, --a_min/--a_max, --dataset) as the generation run"
+            )
+        return torch.from_numpy(array_to_volume(array)).to(image)[None, None]
+
+    evaluator = CaseEvaluator(args, model, device, run_dir, split, save_volumes=False)
+    results = evaluator.run(items, load_adv)
+    return finish_run(args, run_dir, results, evaluator, items, f"saved {attack_summary(args)}", time.perf_counter() - started)

@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Evaluate a model on clean volumes vs adversarial volumes saved earlier by generate_adv_samples.py.
+
+The attack flags name the sub-folder of ``--adv_images_dir`` that holds the volumes, as
+in the paper's release (or ``--no_sub_dir_adv_images`` to use the folder itself).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from utils import cli
+
+
+def parse_args(argv=None):
+    return cli.parse_eval_args(__doc__.splitlines()[0], argv, check_args)
+
+
+def check_args(args, parser):
+    if not args.adv_images_dir:
+        parser.error("--adv_images_dir is required: the folder given as --save_adv_images_dir when the volumes were generated")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from utils.evaluation import run_inference
+
+    return cli.run_cli(run_inference, args, "inference_on_saved_adv_samples.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
