@@ -1,0 +1,294 @@
+"""Numerical core of the frequency attack: block DCT, differentiable quantisation.
+
+Everything here is vectorised: the DCT is a product with a cached orthonormal
+DCT-II matrix along each transformed axis, and blocks are formed by
+reshape/permute only. 2D and 3D share one code path; the number of transformed
+axes is the length of ``block_size`` (or ``ndim``).
+
+Tensors keep the dtype and device of their input, so float64 inputs give float64
+results (the tests compare against ``scipy.fft`` to 1e-9).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import string
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+__all__ = [
+    "dct_matrix",
+    "dct",
+    "idct",
+    "split_blocks",
+    "merge_blocks",
+    "block_dct",
+    "block_idct",
+    "phi_diff",
+    "quantize",
+    "dequantize",
+    "normalize_slices",
+]
+
+
+def dct_matrix(
+    n: int, dtype: torch.dtype = torch.float32, device: Optional[Union[str, torch.device]] = None
+) -> torch.Tensor:
+    """Orthonormal DCT-II matrix ``M`` with ``dct(x) = M @ x`` for a length-``n`` vector.
+
+    ``M[k, i] = c_k cos(pi (2 i + 1) k / (2 n))`` with ``c_0 = sqrt(1/n)`` and
+    ``c_k = sqrt(2/n)`` otherwise, so ``M^T`` is the inverse. Built in float64,
+    then cast; cached per ``(n, dtype, device)``. Do not modify the returned tensor.
+
+    Args:
+        n: transform length (a block side), ``n >= 1``.
+        dtype: floating dtype of the result.
+        device: device of the result (default CPU).
+
+    Returns:
+        ``[n, n]`` matrix, rows indexed by frequency.
+    """
+    return _cached_dct_matrix(int(n), dtype, torch.device(device if device is not None else "cpu"))
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_dct_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if n < 1:
+        raise ValueError(f"DCT length must be >= 1, got {n}")
+    # A matrix first built under inference_mode would be an inference tensor and
+    # could not take part in autograd later, so build it outside that mode.
+    with torch.inference_mode(False):
+        freq = torch.arange(n, dtype=torch.float64).unsqueeze(1)  # [n, 1]
+        pos = torch.arange(n, dtype=torch.float64).unsqueeze(0)  # [1, n]
+        matrix = torch.cos(math.pi * (2 * pos + 1) * freq / (2 * n)) * math.sqrt(2.0 / n)  # [n, n]
+        matrix[0] /= math.sqrt(2.0)
+        return matrix.to(dtype=dtype, device=device)
+
+
+def _along_axes(x: torch.Tensor, matrices: Sequence[torch.Tensor], axes: Sequence[int]) -> torch.Tensor:
+    """Apply ``matrices[j]`` along ``axes[j]``: ``y[.., a, ..] = sum_i M[a, i] x[.., i, ..]``.
+
+    One einsum over the whole tensor, so blocks need not be contiguous.
+    """
+    if x.ndim + len(axes) > 26:
+        raise ValueError(f"at most {26 - len(axes)} dims supported, got {x.ndim}")
+    src = list(string.ascii_lowercase[: x.ndim])
+    dst = list(src)
+    mat_subs = []
+    for j, axis in enumerate(axes):
+        new = string.ascii_uppercase[j]
+        mat_subs.append(new + src[axis])
+        dst[axis] = new
+    equation = "".join(src) + "," + ",".join(mat_subs) + "->" + "".join(dst)
+    return torch.einsum(equation, x, *matrices)
+
+
+def _check_ndim(ndim: int, x: torch.Tensor) -> None:
+    if ndim not in (2, 3):
+        raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+    if x.ndim < ndim:
+        raise ValueError(f"expected a tensor with at least {ndim} dims, got shape {tuple(x.shape)}")
+
+
+def _matrices(sizes: Sequence[int], x: torch.Tensor, inverse: bool) -> list:
+    mats = [dct_matrix(n, x.dtype, x.device) for n in sizes]
+    return [m.t() for m in mats] if inverse else mats
+
+
+def dct(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Orthonormal DCT-II over the last ``ndim`` dims (``scipy.fft.dctn(norm="ortho")``).
+
+    Args:
+        x: ``[..., n1, n2]`` or ``[..., n1, n2, n3]`` floating tensor.
+        ndim: 2 or 3, number of trailing dims to transform.
+
+    Returns:
+        Coefficients, same shape as ``x``.
+    """
+    _check_ndim(ndim, x)
+    axes = list(range(x.ndim - ndim, x.ndim))
+    return _along_axes(x, _matrices(x.shape[-ndim:], x, inverse=False), axes)
+
+
+def idct(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Inverse of :func:`dct` (orthonormal DCT-III) over the last ``ndim`` dims.
+
+    Args:
+        x: ``[..., n1, n2]`` or ``[..., n1, n2, n3]`` coefficients.
+        ndim: 2 or 3.
+
+    Returns:
+        Signal, same shape as ``x``.
+    """
+    _check_ndim(ndim, x)
+    axes = list(range(x.ndim - ndim, x.ndim))
+    return _along_axes(x, _matrices(x.shape[-ndim:], x, inverse=True), axes)
+
+
+def _block_grid(spatial_shape: Sequence[int], block_size: Sequence[int]) -> Tuple[int, ...]:
+    """Number of blocks along each axis; raises if a side is not divisible."""
+    spatial_shape = tuple(int(s) for s in spatial_shape)
+    block_size = tuple(int(b) for b in block_size)
+    if len(block_size) not in (2, 3) or any(b < 1 for b in block_size):
+        raise ValueError(f"block_size must be 2 or 3 positive ints, got {block_size}")
+    if len(spatial_shape) != len(block_size) or any(s % b for s, b in zip(spatial_shape, block_size)):
+        raise ValueError(f"spatial shape {spatial_shape} is not divisible by block_size {block_size}")
+    return tuple(s // b for s, b in zip(spatial_shape, block_size))
+
+
+def split_blocks(x: torch.Tensor, block_size: Sequence[int]) -> torch.Tensor:
+    """Cut the last ``k = len(block_size)`` dims into non-overlapping blocks.
+
+    Blocks are listed in row-major order of the block grid (last axis fastest),
+    the order of ``monai.data.utils.dense_patch_slices(shape, block, block)``.
+
+    Args:
+        x: ``[..., H, W, D]`` (3D blocks) or ``[..., H, W]`` (2D blocks).
+        block_size: ``(bh, bw, bd)`` or ``(bh, bw)``; each side must divide its dim.
+
+    Returns:
+        ``[..., n_blocks, bh, bw(, bd)]``.
+
+    Raises:
+        ValueError: a spatial side is not divisible by its block side.
+    """
+    k = len(block_size)
+    lead, spatial = x.shape[:-k], x.shape[-k:]
+    grid = _block_grid(spatial, block_size)
+    split_shape = [d for n, b in zip(grid, block_size) for d in (n, b)]
+    x = x.reshape(*lead, *split_shape)  # [..., n1, b1, n2, b2(, n3, b3)]
+    nl = len(lead)
+    grid_axes = [nl + 2 * j for j in range(k)]
+    block_axes = [nl + 2 * j + 1 for j in range(k)]
+    x = x.permute(*range(nl), *grid_axes, *block_axes)  # [..., n1, n2(, n3), b1, b2(, b3)]
+    return x.reshape(*lead, math.prod(grid), *block_size)  # [..., n_blocks, b1, b2(, b3)]
+
+
+def merge_blocks(blocks: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`split_blocks`.
+
+    Args:
+        blocks: ``[..., n_blocks, bh, bw(, bd)]`` in the order of :func:`split_blocks`.
+        spatial_shape: ``(H, W(, D))`` of the merged tensor.
+
+    Returns:
+        ``[..., H, W(, D)]``.
+
+    Raises:
+        ValueError: sizes do not fit together.
+    """
+    k = len(spatial_shape)
+    block_size = tuple(blocks.shape[-k:])
+    grid = _block_grid(spatial_shape, block_size)
+    lead = blocks.shape[: -k - 1]
+    if blocks.shape[-k - 1] != math.prod(grid):
+        raise ValueError(
+            f"expected {math.prod(grid)} blocks of {block_size} for spatial shape {tuple(spatial_shape)}, "
+            f"got {blocks.shape[-k - 1]}"
+        )
+    x = blocks.reshape(*lead, *grid, *block_size)  # [..., n1, n2(, n3), b1, b2(, b3)]
+    nl = len(lead)
+    interleaved = [a for j in range(k) for a in (nl + j, nl + k + j)]
+    x = x.permute(*range(nl), *interleaved)  # [..., n1, b1, n2, b2(, n3, b3)]
+    return x.reshape(*lead, *spatial_shape)  # [..., H, W(, D)]
+
+
+def _block_transform(x: torch.Tensor, block_size: Sequence[int], inverse: bool) -> torch.Tensor:
+    k = len(block_size)
+    lead, spatial = x.shape[:-k], x.shape[-k:]
+    grid = _block_grid(spatial, block_size)
+    split_shape = [d for n, b in zip(grid, block_size) for d in (n, b)]
+    view = x.reshape(*lead, *split_shape)  # [..., n1, b1, n2, b2(, n3, b3)], a view
+    block_axes = [len(lead) + 2 * j + 1 for j in range(k)]
+    out = _along_axes(view, _matrices(block_size, x, inverse), block_axes)
+    return out.reshape(x.shape)  # [..., H, W(, D)]
+
+
+def block_dct(x: torch.Tensor, block_size: Sequence[int]) -> torch.Tensor:
+    """DCT of every block, in place of the blocks (no split/merge copies).
+
+    Equal to ``merge_blocks(dct(split_blocks(x, block_size), k), spatial)`` with
+    ``k = len(block_size)``: the last ``k`` dims are viewed as
+    ``[n1, b1, n2, b2(, n3, b3)]`` and the DCT matrices act on the ``b`` axes.
+
+    Args:
+        x: ``[..., H, W, D]`` (3D blocks) or ``[..., H, W]`` (2D blocks); may be a
+            non-contiguous view, e.g. ``[B, C, D, H, W]`` permuted from ``[B, C, H, W, D]``.
+        block_size: ``(bh, bw, bd)`` or ``(bh, bw)``.
+
+    Returns:
+        Block-wise coefficients, same shape as ``x``.
+
+    Raises:
+        ValueError: a spatial side is not divisible by its block side.
+    """
+    return _block_transform(x, block_size, inverse=False)
+
+
+def block_idct(x: torch.Tensor, block_size: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`block_dct`; same arguments and shapes."""
+    return _block_transform(x, block_size, inverse=True)
+
+
+def phi_diff(x: torch.Tensor, alpha: Union[float, torch.Tensor]) -> torch.Tensor:
+    """Differentiable rounding of AdvDrop / DSQ (DESIGN §4, step 3).
+
+    ``phi(x) = floor(x) + (tanh((x - (floor(x) + 0.5)) k) s + 1) / 2`` with
+    ``k = log(2/alpha - 1)`` and ``s = 1/(1 - alpha)``; it is exact at integers and
+    tends to ``round`` as ``alpha -> 0``. ``alpha`` is cast to ``x``'s dtype first, so
+    float32 inputs follow the reference's float32 arithmetic.
+
+    Args:
+        x: any floating tensor.
+        alpha: softness in ``(0, 1)``; float or 0-dim tensor.
+
+    Returns:
+        Tensor of ``x``'s shape; gradient flows through the ``tanh`` term.
+    """
+    alpha = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
+    scale = 1 / (1 - alpha)
+    sharpness = torch.log(2 / alpha - 1)
+    floor = torch.floor(x)
+    phi = torch.tanh((x - (floor + 0.5)) * sharpness) * scale
+    return (phi + 1) / 2 + floor
+
+
+def quantize(coeffs: torch.Tensor, q: torch.Tensor, alpha: Union[float, torch.Tensor]) -> torch.Tensor:
+    """Differentiably quantise DCT coefficients: ``phi_diff(coeffs / q, alpha)``.
+
+    Args:
+        coeffs: DCT coefficients, any shape.
+        q: quantisation table, broadcastable to ``coeffs``.
+        alpha: rounding softness, see :func:`phi_diff`.
+    """
+    return phi_diff(coeffs / q, alpha)
+
+
+def dequantize(coeffs: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Undo the scaling of :func:`quantize`: ``coeffs * q``."""
+    return coeffs * q
+
+
+def normalize_slices(x: torch.Tensor, scale: float = 255.0) -> torch.Tensor:
+    """Min-max normalise every axial slice to [0, 1], as the reference does after VAFA.
+
+    Min and max are taken over ``(H, W)`` for each ``(B, C, D)``. A slice whose max
+    equals its min (where the reference divides by zero) becomes ``x / scale``
+    clamped to [0, 1] instead; other slices get the reference's numbers.
+
+    Args:
+        x: ``[B, C, H, W, D]`` on the ``[0, scale]`` scale.
+        scale: intensity scale used for constant slices.
+
+    Returns:
+        ``[B, C, H, W, D]`` in [0, 1] (up to rounding), finite with finite gradients.
+    """
+    low = torch.amin(x, dim=(2, 3), keepdim=True)  # [B, C, 1, 1, D]
+    high = torch.amax(x, dim=(2, 3), keepdim=True)  # [B, C, 1, 1, D]
+    span = high - low
+    constant = span == 0
+    # A safe denominator keeps the unused branch finite, so no NaN leaks into gradients.
+    safe_span = torch.where(constant, torch.ones_like(span), span)
+    return torch.where(constant, torch.clamp(x / scale, 0, 1), (x - low) / safe_span)
