@@ -1,0 +1,133 @@
+"""Shared machinery of all attacks: one call contract, model mode handling, gradients."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Attack:
+    """Base class: ``adv = attack(images, labels)``.
+
+    Subclasses implement :meth:`forward`. Calling the attack
+
+    * checks the shapes,
+    * switches the model (every submodule) to eval mode and restores each
+      submodule's previous mode afterwards, even on error,
+    * runs :meth:`forward` with gradients enabled (also when called under
+      ``torch.no_grad()``),
+    * returns a detached tensor.
+
+    Gradients are taken with ``torch.autograd.grad`` with respect to the input
+    (or the q-tables) only, so the model's parameters never receive a ``.grad``
+    and their ``requires_grad`` flags are left alone. Device and dtype follow the
+    inputs.
+
+    Args:
+        model: segmentation network, ``[B, C, H, W, D] -> [B, N, H, W, D]`` logits.
+        loss_fn: ``loss_fn(logits, labels) -> scalar``, e.g. the Dice-CE of
+            ``utils.losses.build_dice_ce``.
+        targeted: when True the labels passed to the call are target labels and
+            the attack lowers the loss towards them; otherwise it raises the loss
+            on the true labels.
+
+    Attributes:
+        success_rate: per-step fraction of voxels fooled (predicted class differs
+            from the labels, or equals the target labels when targeted), filled by
+            attacks that compute logits anyway; empty otherwise.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Optional[LossFn], targeted: bool = False):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.targeted = bool(targeted)
+        self.success_rate: List[float] = []
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Attack a batch.
+
+        Args:
+            images: ``[B, C, H, W, D]`` floating tensor in [0, 1].
+            labels: ``[B, 1, H, W, D]`` class indices (true labels, or target labels
+                when ``targeted``).
+
+        Returns:
+            ``[B, C, H, W, D]`` adversarial images in [0, 1], detached.
+
+        Raises:
+            ValueError: images or labels with the wrong shape.
+        """
+        _check_inputs(images, labels)
+        images, labels = _plain(images), _plain(labels)
+        modes = [(module, module.training) for module in self.model.modules()] if self.model is not None else []
+        if self.model is not None:
+            self.model.eval()
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                adv = self.forward(images, labels)
+        finally:
+            for module, training in modes:
+                module.training = training
+        return adv.detach()
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Build adversarial images; see :meth:`__call__` for shapes."""
+        raise NotImplementedError
+
+    def objective(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The quantity the attack increases: the loss, or minus the loss when targeted."""
+        loss = self.loss_fn(logits, labels)
+        return -loss if self.targeted else loss
+
+    def input_gradient(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Gradient of :meth:`objective` with respect to the images.
+
+        Args:
+            images: ``[B, C, H, W, D]``.
+            labels: ``[B, 1, H, W, D]``.
+
+        Returns:
+            ``(grad [B, C, H, W, D], logits [B, N, H, W, D])``, both detached.
+        """
+        images = images.detach().requires_grad_(True)
+        logits = self.model(images)
+        (grad,) = torch.autograd.grad(self.objective(logits, labels), images)
+        return grad, logits.detach()
+
+    def fooled_fraction(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Fraction of voxels fooled, as a 0-dim tensor (no device sync).
+
+        Untargeted: ``argmax(logits) != labels``; targeted: ``argmax(logits) == labels``.
+        """
+        pred = logits.argmax(dim=1, keepdim=True)  # [B, 1, H, W, D]
+        hit = pred == labels if self.targeted else pred != labels
+        return hit.float().mean()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(targeted={self.targeted})"
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """Detached tensor usable by autograd (an inference-mode tensor is copied)."""
+    x = x.detach()
+    if x.is_inference():
+        with torch.inference_mode(False):
+            x = x.clone()
+    return x
+
+
+def _check_inputs(images: torch.Tensor, labels: torch.Tensor) -> None:
+    if images.ndim != 5:
+        raise ValueError(f"images must be [B, C, H, W, D], got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be a floating tensor in [0, 1], got dtype {images.dtype}")
+    expected = (images.shape[0], 1, *images.shape[2:])
+    if tuple(labels.shape) != expected:
+        raise ValueError(f"labels must have shape {expected} (images {tuple(images.shape)}), got {tuple(labels.shape)}")

@@ -1,0 +1,207 @@
+"""VAFA: volumetric adversarial frequency attack (DESIGN §4; the paper's Eq. 1-2, Algorithm 1)."""
+
+from __future__ import annotations
+
+import logging
+import operator
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+from pytorch_msssim import ssim
+
+from .base import Attack, LossFn
+from .frequency import block_dct, block_idct, dequantize, normalize_slices, quantize, split_blocks
+
+logger = logging.getLogger(__name__)
+
+ALPHA_START = 0.1  # softness of the differentiable rounding at step 0
+ALPHA_END = 1e-20  # value alpha is annealed towards over ``steps`` steps
+Q_INITS = ("max", "one")
+
+
+class VAFA(Attack):
+    """Learn one quantisation table per DCT block so that the dequantised image fools the model.
+
+    Per call, with ``T = steps`` (the reference's numerics):
+
+    1. ``q`` starts at ``q_max`` (``q_init="max"``, the reference) or 1
+       (``q_init="one"``), clamped into ``[q_min, q_max]``, and stays there;
+    2. each step: block DCT of ``255 X - 128``, ``phi_diff(coeffs / q, alpha) * q``,
+       inverse block DCT, ``+ 128``, per-axial-slice min-max normalisation -> ``X'``;
+    3. minimise ``-loss(M(X'), Y)`` (targeted: ``+loss(M(X'), Y_target)``), plus
+       ``1 - SSIM(blocks(X), blocks(X'))`` with ``use_ssim_loss`` (3D only);
+    4. ``q <- clamp(q - sign(grad_q), q_min, q_max)``; ``alpha`` moves from 0.1
+       towards 1e-20 by ``(1e-20 - 0.1) / T`` (accumulated in float32);
+    5. stop early once every voxel is fooled.
+
+    The returned image is ``clamp(X', 0, 1)`` of the last forward pass (built from
+    the tables before their last update, as in the reference). With three block
+    sides the blocks are 3D; with two, each axial slice ``[:, :, :, :, d]`` is cut
+    into 2D blocks (VAFA-2D). The paper's Algorithm 1 corresponds to
+    ``q_init="one", q_min=1`` (with the default ``q_min=5``, ``q_init="one"``
+    starts at 5).
+
+    All per-call state (``q``, ``alpha``) is rebuilt in :meth:`forward`, so one
+    object serves any batch or patch size and repeated calls are independent.
+
+    Args:
+        model: segmentation network.
+        loss_fn: ``loss_fn(logits, labels) -> scalar`` (Dice-CE).
+        q_max: upper bound (and, with ``q_init="max"``, start) of the tables.
+        q_min: lower bound of the tables, ``0 < q_min <= q_max``.
+        q_init: ``"max"`` or ``"one"``, the starting value of the tables.
+        steps: number of steps ``T >= 1``.
+        block_size: ``(bh, bw, bd)`` for 3D blocks or ``(bh, bw)`` for per-slice 2D blocks.
+        use_ssim_loss: add the block-wise SSIM term (3D only; ignored with a warning in 2D).
+        targeted: labels passed to the call are target labels.
+
+    Attributes:
+        q_tables: after a call, the final tables, ``[B, C, n_blocks, bh, bw, bd]``
+            (3D) or ``[B, C, D, n_blocks, bh, bw]`` (2D).
+        success_rate: fraction of voxels fooled at each step that ran.
+        predictions: ``[B, 1, H, W, D]`` argmax of the last forward pass.
+
+    Raises:
+        ValueError: inconsistent arguments (message names expected and actual).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        *,
+        q_max: float = 20.0,
+        q_min: float = 5.0,
+        q_init: str = "max",
+        steps: int = 20,
+        block_size: Sequence[int] = (8, 8, 8),
+        use_ssim_loss: bool = False,
+        targeted: bool = False,
+    ):
+        super().__init__(model, loss_fn, targeted)
+        block_size = _block_size(block_size)
+        if q_min <= 0:
+            raise ValueError(f"q_min must be > 0, got {q_min}")
+        if q_min > q_max:
+            raise ValueError(f"q_min must be <= q_max, got q_min={q_min} > q_max={q_max}")
+        if q_init not in Q_INITS:
+            raise ValueError(f"q_init must be one of {Q_INITS}, got {q_init!r}")
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps}")
+        self.q_max = float(q_max)
+        self.q_min = float(q_min)
+        self.q_init = q_init
+        self.steps = int(steps)
+        self.block_size = block_size
+        self.use_ssim_loss = bool(use_ssim_loss)
+        if self.use_ssim_loss and not self.is_3d:
+            logger.warning("VAFA-2D has no SSIM term; use_ssim_loss=True is ignored")
+        self.q_tables: Optional[torch.Tensor] = None
+        self.predictions: Optional[torch.Tensor] = None
+
+    @property
+    def is_3d(self) -> bool:
+        """True for 3D blocks, False for per-slice 2D blocks."""
+        return len(self.block_size) == 3
+
+    def _to_block_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W, D]`` -> view whose trailing dims are the blocked ones."""
+        return x if self.is_3d else x.permute(0, 1, 4, 2, 3)  # 2D: [B, C, D, H, W]
+
+    def _from_block_layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.is_3d else x.permute(0, 1, 3, 4, 2)  # 2D: [B, C, D, H, W] -> [B, C, H, W, D]
+
+    def _ssim_loss(self, images: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        """``1 - SSIM`` averaged over 3D blocks (windows never cross a block edge)."""
+        clean = split_blocks(images, self.block_size).flatten(0, 2).unsqueeze(1)  # [B*C*n_blocks, 1, bh, bw, bd]
+        perturbed = split_blocks(adv, self.block_size).flatten(0, 2).unsqueeze(1)  # [B*C*n_blocks, 1, bh, bw, bd]
+        return 1 - ssim(clean, perturbed, data_range=1, size_average=True, win_size=3, nonnegative_ssim=True)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Run the attack.
+
+        Args:
+            images: ``[B, C, H, W, D]`` in [0, 1].
+            labels: ``[B, 1, H, W, D]`` (target labels when ``targeted``).
+
+        Returns:
+            ``[B, C, H, W, D]`` adversarial images in [0, 1].
+
+        Raises:
+            ValueError: ``(H, W, D)`` (3D) or ``(H, W)`` (2D) not divisible by ``block_size``.
+        """
+        spatial = tuple(images.shape[2:])
+        blocked = spatial if self.is_3d else spatial[:2]
+        if any(s % b for s, b in zip(blocked, self.block_size)):
+            raise ValueError(f"spatial shape {spatial} is not divisible by block_size {self.block_size}")
+        device = images.device
+
+        # The clean coefficients do not depend on q: transform once per call.
+        coeffs = block_dct(self._to_block_layout(images * 255) - 128, self.block_size)  # block layout
+        q_start = self.q_max if self.q_init == "max" else 1.0
+        q = torch.full(coeffs.shape, q_start, dtype=images.dtype, device=device).clamp_(self.q_min, self.q_max)
+        # alpha stays a float32 tensor and accumulates in float32, as in the reference.
+        alpha = torch.tensor(ALPHA_START, dtype=torch.float32, device=device)
+        alpha_step = torch.tensor((ALPHA_END - ALPHA_START) / self.steps, dtype=torch.float32, device=device)
+
+        self.success_rate = []
+        for step in range(self.steps):
+            q.requires_grad_(True)
+            restored = block_idct(dequantize(quantize(coeffs, q, alpha), q), self.block_size) + 128
+            adv = normalize_slices(self._from_block_layout(restored))  # [B, C, H, W, D]
+            logits = self.model(adv)  # [B, N, H, W, D]
+            loss = -self.objective(logits, labels)
+            if self.use_ssim_loss and self.is_3d:
+                loss = loss + self._ssim_loss(images, adv)
+            (grad,) = torch.autograd.grad(loss, q)
+            q = torch.clamp(q.detach() - torch.sign(grad), self.q_min, self.q_max)
+            alpha += alpha_step
+
+            rate = self.fooled_fraction(logits.detach(), labels).item()
+            self.success_rate.append(rate)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("VAFA step %d/%d: loss %.5f, success rate %.4f", step + 1, self.steps, loss.item(), rate)
+            if rate >= 1:
+                logger.info("VAFA: every voxel fooled after step %d of %d; stopping", step + 1, self.steps)
+                break
+
+        self.q_tables = split_blocks(q, self.block_size)
+        self.predictions = logits.detach().argmax(dim=1, keepdim=True)
+        return torch.clamp(adv.detach(), 0, 1)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(q_max={self.q_max}, q_min={self.q_min}, q_init={self.q_init!r}, "
+            f"steps={self.steps}, block_size={self.block_size}, use_ssim_loss={self.use_ssim_loss}, "
+            f"targeted={self.targeted})"
+        )
+
+
+def _block_size(block_size: Sequence[int]) -> tuple:
+    """``block_size`` as a tuple of 2 or 3 positive Python ints."""
+    try:
+        sides = tuple(operator.index(b) for b in block_size)
+    except TypeError:
+        raise ValueError(f"block_size must be 2 or 3 positive ints, got {block_size!r}") from None
+    if len(sides) not in (2, 3) or any(b < 1 for b in sides):
+        raise ValueError(f"block_size must be 2 or 3 positive ints, got {sides}")
+    return sides
+
+
+class VAFA3D(VAFA):
+    """VAFA with 3D blocks (registry name ``vafa-3d``); ``block_size`` must have three sides."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, *, block_size: Sequence[int] = (8, 8, 8), **kwargs):
+        if len(tuple(block_size)) != 3:
+            raise ValueError(f"vafa-3d needs a block_size with 3 sides (bh, bw, bd), got {tuple(block_size)}")
+        super().__init__(model, loss_fn, block_size=block_size, **kwargs)
+
+
+class VAFA2D(VAFA):
+    """VAFA on axial slices with 2D blocks (registry name ``vafa-2d``); ``block_size`` must have two sides."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, *, block_size: Sequence[int] = (8, 8), **kwargs):
+        if len(tuple(block_size)) != 2:
+            raise ValueError(f"vafa-2d needs a block_size with 2 sides (bh, bw), got {tuple(block_size)}")
+        super().__init__(model, loss_fn, block_size=block_size, **kwargs)
