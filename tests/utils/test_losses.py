@@ -83,3 +83,23 @@ def test_build_dice_ce_runs():
     logits = torch.randn(1, 3, 4, 4, 4)
     labels = torch.randint(0, 3, (1, 1, 4, 4, 4)).float()
     assert torch.isfinite(build_dice_ce()(logits, labels))
+
+
+def test_runs_in_float32_under_autocast():
+    clean, adv = logits_pair(dtype=torch.float32)
+    want = frequency_consistency_loss(clean, adv)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = frequency_consistency_loss(clean, adv)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_half_logits_match_cpu():
+    clean, adv = logits_pair(dtype=torch.float32)
+    want = frequency_consistency_loss(clean, adv)
+    with torch.autocast(device_type="cuda", dtype=torch.float16):
+        got = frequency_consistency_loss(clean.cuda().half(), adv.cuda().half())
+    assert got.device.type == "cuda" and got.dtype == torch.float32
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-2, atol=1e-3)

@@ -1,3 +1,4 @@
+import copy
 import functools
 import logging
 import math
@@ -268,3 +269,20 @@ def test_compute_case_metrics(empty_hub):
     )  # fmt: skip
     assert with_lpips["lpips_similarity"] == pytest.approx(1.0, abs=1e-6)
     assert with_lpips["success_rate"] == 0.0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_inputs_give_the_cpu_numbers():
+    shape = (32, 32, 8)
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(shape, generator=gen)
+    label = cube(shape, (3, 3, 1), 6)
+    pred = cube(shape, (5, 3, 1), 6)
+    lpips_sim = LPIPSSimilarity(builder=lambda: copy.deepcopy(random_lpips()))
+    cpu = compute_case_metrics(image, image * 0.9, label, label, pred, 2, lpips=lpips_sim)
+    gpu = compute_case_metrics(
+        image.cuda(), image.cuda() * 0.9, label.cuda(), label.cuda(), pred.cuda(), 2, lpips=lpips_sim
+    )
+    for key in cpu:
+        np.testing.assert_allclose(np.asarray(gpu[key], dtype=float), np.asarray(cpu[key], dtype=float), rtol=1e-3, atol=1e-3)
