@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
 
+from utils.data import load_datalist
 from utils.phantom import write_phantom_dataset
 
 #: Geometry of the tiny dataset. The spacing equals the flags' spacing below, so
@@ -20,11 +20,14 @@ TINY_ROI = (32, 32, 16)
 
 @dataclass(frozen=True)
 class TinyDataset:
-    """A phantom dataset on disk (3 training + 2 validation cases)."""
+    """A phantom dataset on disk (3 training + 2 validation cases).
 
-    data_dir: Path
-    json_list: str
-    json_path: Path
+    ``data_dir`` and ``json_name`` are what ``--data_dir`` and ``--json_list`` take.
+    """
+
+    data_dir: str
+    json_name: str
+    json_path: str
     shape: tuple = TINY_SHAPE
     spacing: tuple = TINY_SPACING
     roi: tuple = TINY_ROI
@@ -33,10 +36,25 @@ class TinyDataset:
     out_channels: int = 14
 
     @property
+    def json_list(self) -> str:
+        """Same as ``json_name`` (the flag's name)."""
+        return self.json_name
+
+    @property
+    def training(self) -> list[dict]:
+        """``load_datalist`` items of the training split (absolute paths, ``name``)."""
+        return load_datalist(self.data_dir, self.json_name, "training")
+
+    @property
+    def validation(self) -> list[dict]:
+        """``load_datalist`` items of the validation split."""
+        return load_datalist(self.data_dir, self.json_name, "validation")
+
+    @property
     def flags(self) -> list[str]:
         """Command-line flags that point a script at this dataset with a small ROI."""
         return [
-            "--data_dir", str(self.data_dir), "--json_list", self.json_list, "--dataset", "btcv",
+            "--data_dir", self.data_dir, "--json_list", self.json_name, "--dataset", "btcv",
             "--roi_x", str(self.roi[0]), "--roi_y", str(self.roi[1]), "--roi_z", str(self.roi[2]),
             "--space_x", str(self.spacing[0]), "--space_y", str(self.spacing[1]), "--space_z", str(self.spacing[2]),
             "--workers", "0",
@@ -45,7 +63,7 @@ class TinyDataset:
     def args(self, **overrides) -> argparse.Namespace:
         """Namespace with every data flag ``utils.data`` reads (defaults of DESIGN §2, small ROI)."""
         values = dict(
-            dataset="btcv", data_dir=str(self.data_dir), json_list=self.json_list,
+            dataset="btcv", data_dir=self.data_dir, json_list=self.json_name,
             a_min=-175.0, a_max=250.0, b_min=0.0, b_max=1.0,
             space_x=self.spacing[0], space_y=self.spacing[1], space_z=self.spacing[2],
             roi_x=self.roi[0], roi_y=self.roi[1], roi_z=self.roi[2],
@@ -62,9 +80,9 @@ def tiny_dataset(tmp_path_factory) -> TinyDataset:
 
     Session-scoped and shared: treat it as read-only.
     """
-    root = tmp_path_factory.mktemp("tiny_synapse")
-    json_path = write_phantom_dataset(str(root), n_train=3, n_val=2, shape=TINY_SHAPE, spacing=TINY_SPACING, seed=0)
-    return TinyDataset(data_dir=root, json_list="dataset.json", json_path=Path(json_path))
+    root = str(tmp_path_factory.mktemp("tiny_synapse"))
+    json_path = write_phantom_dataset(root, n_train=3, n_val=2, shape=TINY_SHAPE, spacing=TINY_SPACING, seed=0)
+    return TinyDataset(data_dir=root, json_name="dataset.json", json_path=json_path)
 
 
 @pytest.fixture

@@ -1,0 +1,394 @@
+"""Synapse (``btcv``) and ACDC (``acdc``) data: Decathlon JSON lists, transforms, loaders.
+
+The transforms follow the paper's release (DESIGN §3) written with today's MONAI
+dictionary transforms:
+
+eval (both datasets)
+    ``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``Orientationd("RAS")`` ->
+    ``Spacingd`` (bilinear image, nearest label) -> ``ScaleIntensityRanged`` (clipped)
+    -> ``CropForegroundd`` (bounding box of ``image > 0``).
+    ACDC inserts ``ResizeWithPadOrCropd`` to the ROI (constant 0) right after
+    ``Spacingd``, i.e. *before* the intensity window, as the release does.
+train
+    The same deterministic chain (ACDC: with ``ResizeWithPadOrCropd`` after the
+    foreground crop, as the release does), then ``SpatialPadd`` to the ROI (ours:
+    a no-op for volumes at least as large as the ROI, it lets tiny volumes work),
+    ``RandCropByPosNegLabeld`` (pos 1, neg 1, 4 samples, image threshold 0),
+    ``RandFlipd`` on each axis, ``RandRotate90d(max_k=3)``,
+    ``RandScaleIntensityd(0.1)`` and ``RandShiftIntensityd(0.1)``.
+
+Images and labels stay ``MetaTensor`` s, so ``item["image"].affine`` is the affine of
+the transformed volume. Each datalist item also carries ``"name"`` (file name of the
+image, e.g. ``img0035.nii.gz``) and ``"label_name"`` as plain strings, which survive
+collation as lists of strings.
+
+MONAI is imported inside the builders so that ``import utils.data`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from utils.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose
+
+__all__ = [
+    "AddFileNamesd",
+    "DATASETS",
+    "SPLITS",
+    "TRANSFORM_MODES",
+    "load_datalist",
+    "get_transforms",
+    "build_transforms",
+    "build_dataset",
+    "build_loader",
+    "check_case",
+    "split_for_mode",
+]
+
+DATASETS = ("btcv", "acdc")
+SPLITS = ("training", "validation")
+TRANSFORM_MODES = ("train", "eval")
+KEYS = ("image", "label")
+#: The release caches at most this many training cases in its CacheDataset.
+CACHE_NUM = 24
+
+
+# --------------------------------------------------------------------------- datalist
+
+
+def load_datalist(data_dir: str, json_list: str, split: str) -> list[dict]:
+    """Read one split of a Decathlon-style JSON list and check that its files exist.
+
+    Args:
+        data_dir: dataset folder; relative paths in the JSON are resolved against it.
+        json_list: JSON file name relative to ``data_dir``, or an absolute path.
+        split: ``"training"`` or ``"validation"``.
+
+    Returns:
+        One dict per case: ``{"image": abs path, "label": abs path, "name": image
+        file name}`` (other keys of the entry kept). ``"label_name"`` is added by the
+        transforms (:class:`AddFileNamesd`), not here: MONAI's ``Spacingd`` treats
+        every key that starts with ``"label_"`` as the label's metadata dict.
+
+    Raises:
+        UserError: missing data folder or JSON, invalid JSON, a split the JSON lacks,
+            an empty split, a malformed entry, or a listed file that does not exist.
+    """
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not data_dir or data_dir == "None":
+        raise UserError("no dataset folder given; pass --data_dir pointing at the folder with imagesTr/ and labelsTr/")
+    if not os.path.isdir(data_dir):
+        raise UserError(f"dataset folder {data_dir} does not exist; check --data_dir")
+    if not json_list or json_list == "None":
+        raise UserError("no dataset list given; pass --json_list (a JSON file in --data_dir or an absolute path)")
+    json_path = json_list if os.path.isabs(json_list) else os.path.join(data_dir, json_list)
+    if not os.path.isfile(json_path):
+        raise UserError(
+            f"dataset list {json_path} not found; pass --json_list as a file name inside --data_dir or an absolute path"
+        )
+    try:
+        with open(json_path) as f:
+            content = json.load(f)
+    except ValueError as err:
+        raise UserError(f"dataset list {json_path} is not valid JSON ({err}); fix or regenerate the file") from None
+    if not isinstance(content, dict):
+        raise UserError(f"dataset list {json_path} must hold a JSON object with 'training'/'validation' lists")
+    if split not in content:
+        splits = [k for k, v in content.items() if isinstance(v, list)]
+        raise UserError(
+            f"dataset list {json_path} has no '{split}' split (it has: {', '.join(splits) or 'none'}); "
+            f"add a '{split}' list or pass another --json_list"
+        )
+    entries = content[split]
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"the '{split}' split of {json_path} is empty; list at least one image/label pair")
+
+    items, missing = [], []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in KEYS):
+            raise UserError(
+                f"entry {index} of the '{split}' split in {json_path} must be an object with 'image' and 'label' "
+                f"paths, got {entry!r}"
+            )
+        item = dict(entry)
+        for key in KEYS:
+            path = os.path.normpath(os.path.join(data_dir, os.path.expanduser(entry[key])))
+            item[key] = path
+            if not os.path.isfile(path):
+                missing.append(path)
+        item["name"] = os.path.basename(item["image"])
+        items.append(item)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(
+            f"file {missing[0]}{more} listed in the '{split}' split of {json_path} does not exist; "
+            "check --data_dir and the paths in the JSON"
+        )
+    return items
+
+
+def split_for_mode(gen_train_adv_mode: bool) -> str:
+    """Datalist split a generation/inference run uses: ``"training"`` with
+    ``--gen_train_adv_mode``, else ``"validation"`` (the release's test mode)."""
+    return "training" if gen_train_adv_mode else "validation"
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+class AddFileNamesd:
+    """Store the loaded files' names as plain strings: ``d["name"]`` (image) and
+    ``d["label_name"]`` (label), taken from the MetaTensors' ``filename_or_obj``.
+
+    Runs last in the chain (see :func:`load_datalist` for why), so the names travel
+    through collation as lists of strings.
+    """
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key, out in (("image", "name"), ("label", "label_name")):
+            meta = getattr(d.get(key), "meta", None) or {}
+            source = meta.get("filename_or_obj")
+            if source is not None:
+                d[out] = os.path.basename(str(source))
+        return d
+
+
+def get_transforms(
+    dataset: str = "btcv",
+    mode: str = "eval",
+    *,
+    a_min: float = -175.0,
+    a_max: float = 250.0,
+    b_min: float = 0.0,
+    b_max: float = 1.0,
+    spacing: Sequence[float] = (1.5, 1.5, 2.0),
+    roi_size: Sequence[int] = (96, 96, 96),
+    flip_prob: float = 0.2,
+    rotate90_prob: float = 0.2,
+    scale_intensity_prob: float = 0.1,
+    shift_intensity_prob: float = 0.1,
+    num_samples: int = 4,
+) -> "Compose":
+    """The release's dictionary transforms for ``image``/``label`` (see the module docstring).
+
+    Args:
+        dataset: ``"btcv"`` (Synapse) or ``"acdc"``.
+        mode: ``"eval"`` (whole volumes) or ``"train"`` (``num_samples`` random ROI crops
+            per volume, augmented).
+        a_min, a_max, b_min, b_max: intensity window ``[a_min, a_max]`` mapped to
+            ``[b_min, b_max]`` and clipped.
+        spacing: target voxel size ``(x, y, z)`` in mm.
+        roi_size: crop size ``(H, W, D)`` for training (and ACDC's pad/crop).
+        flip_prob, rotate90_prob, scale_intensity_prob, shift_intensity_prob:
+            augmentation probabilities (train only).
+        num_samples: crops per volume (train only).
+
+    Returns:
+        A ``monai.transforms.Compose``. Eval outputs ``image`` ``[C, H, W, D]`` and
+        ``label`` ``[1, H, W, D]`` as MetaTensors; train outputs a list of
+        ``num_samples`` such dicts of spatial size ``roi_size``.
+
+    Raises:
+        UserError: unknown dataset or mode, or a non-positive ROI/spacing.
+    """
+    from monai import transforms as mt
+
+    if dataset not in DATASETS:
+        raise UserError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    if mode not in TRANSFORM_MODES:
+        raise UserError(f"transform mode must be one of {', '.join(TRANSFORM_MODES)}, got {mode!r}")
+    roi_size = tuple(int(r) for r in roi_size)
+    spacing = tuple(float(s) for s in spacing)
+    if len(roi_size) != 3 or min(roi_size) < 1:
+        raise UserError(f"ROI size must be 3 positive integers (--roi_x/--roi_y/--roi_z), got {roi_size}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise UserError(f"spacing must be 3 positive numbers (--space_x/--space_y/--space_z), got {spacing}")
+    keys = list(KEYS)
+
+    deterministic = [
+        mt.LoadImaged(keys=keys, image_only=True),
+        mt.EnsureChannelFirstd(keys=keys),
+        mt.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        mt.Spacingd(keys=keys, pixdim=spacing, mode=("bilinear", "nearest")),
+    ]
+    pad_or_crop = mt.ResizeWithPadOrCropd(keys=keys, spatial_size=roi_size, mode="constant", value=0)
+    window = mt.ScaleIntensityRanged(keys=["image"], a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True)
+    # margin 0: the box never leaves the volume, so allow_smaller only silences MONAI's default change.
+    crop_foreground = mt.CropForegroundd(keys=keys, source_key="image", allow_smaller=True)
+    if dataset == "acdc" and mode == "eval":
+        deterministic += [pad_or_crop, window, crop_foreground]
+    elif dataset == "acdc":
+        deterministic += [window, crop_foreground, pad_or_crop]
+    else:
+        deterministic += [window, crop_foreground]
+    if mode == "eval":
+        return mt.Compose(deterministic + [AddFileNamesd()])
+
+    random = [
+        mt.SpatialPadd(keys=keys, spatial_size=roi_size, mode="constant", value=0),
+        mt.RandCropByPosNegLabeld(
+            keys=keys,
+            label_key="label",
+            spatial_size=roi_size,
+            pos=1,
+            neg=1,
+            num_samples=num_samples,
+            image_key="image",
+            image_threshold=0,
+        ),
+        mt.RandFlipd(keys=keys, prob=flip_prob, spatial_axis=0),
+        mt.RandFlipd(keys=keys, prob=flip_prob, spatial_axis=1),
+        mt.RandFlipd(keys=keys, prob=flip_prob, spatial_axis=2),
+        mt.RandRotate90d(keys=keys, prob=rotate90_prob, max_k=3),
+        mt.RandScaleIntensityd(keys="image", factors=0.1, prob=scale_intensity_prob),
+        mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=shift_intensity_prob),
+        AddFileNamesd(),
+    ]
+    return mt.Compose(deterministic + random)
+
+
+def build_transforms(args: argparse.Namespace, mode: str) -> "Compose":
+    """:func:`get_transforms` from the command-line flags (DESIGN §2 data group).
+
+    Reads ``dataset, a_min, a_max, b_min, b_max, space_x/y/z, roi_x/y/z,
+    RandFlipd_prob, RandRotate90d_prob, RandScaleIntensityd_prob,
+    RandShiftIntensityd_prob`` from ``args``.
+    """
+    return get_transforms(
+        args.dataset,
+        mode,
+        a_min=args.a_min,
+        a_max=args.a_max,
+        b_min=args.b_min,
+        b_max=args.b_max,
+        spacing=(args.space_x, args.space_y, args.space_z),
+        roi_size=(args.roi_x, args.roi_y, args.roi_z),
+        flip_prob=args.RandFlipd_prob,
+        rotate90_prob=args.RandRotate90d_prob,
+        scale_intensity_prob=args.RandScaleIntensityd_prob,
+        shift_intensity_prob=args.RandShiftIntensityd_prob,
+    )
+
+
+# --------------------------------------------------------------------------- datasets and loaders
+
+
+def build_dataset(args: argparse.Namespace, split: str, mode: str) -> "Dataset":
+    """MONAI dataset of one split with the ``mode`` transforms.
+
+    Training-mode datasets are a ``CacheDataset`` (deterministic transforms cached,
+    at most 24 cases, as the release) unless ``--use_normal_dataset``; eval datasets
+    are a plain ``Dataset``, as in the release.
+    """
+    from monai.data import CacheDataset, Dataset
+
+    items = load_datalist(args.data_dir, args.json_list, split)
+    transform = build_transforms(args, mode)
+    if mode == "train" and not getattr(args, "use_normal_dataset", False):
+        return CacheDataset(
+            data=items,
+            transform=transform,
+            cache_num=CACHE_NUM,
+            cache_rate=1.0,
+            num_workers=max(1, int(getattr(args, "workers", 1))),
+            progress=False,
+        )
+    return Dataset(data=items, transform=transform)
+
+
+def build_loader(
+    args: argparse.Namespace,
+    split: str,
+    mode: str,
+    *,
+    shuffle: bool | None = None,
+    sampler: Any = None,
+    batch_size: int | None = None,
+) -> "DataLoader":
+    """MONAI ``DataLoader`` over :func:`build_dataset`.
+
+    Args:
+        args: namespace with the data flags, ``workers`` and (train) ``batch_size``.
+        split: ``"training"`` or ``"validation"``.
+        mode: ``"train"`` or ``"eval"``.
+        shuffle: default: shuffle in train mode when no ``sampler`` is given.
+        sampler: e.g. a distributed sampler (then ``shuffle`` must not be True).
+        batch_size: default ``args.batch_size`` in train mode (each volume yields 4
+            crops, so a batch holds ``4 * batch_size`` crops), 1 in eval mode.
+
+    Raises:
+        ValueError: ``shuffle=True`` together with a ``sampler``.
+    """
+    import torch
+    from monai.data import DataLoader
+
+    if shuffle is None:
+        shuffle = mode == "train" and sampler is None
+    if shuffle and sampler is not None:
+        raise ValueError("shuffle=True cannot be combined with a sampler; let the sampler shuffle")
+    if batch_size is None:
+        batch_size = int(getattr(args, "batch_size", 1)) if mode == "train" else 1
+    workers = int(getattr(args, "workers", 0))
+    return DataLoader(
+        build_dataset(args, split, mode),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+    )
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_case(image, label, num_classes: int, name: str) -> None:
+    """Refuse a case whose label does not fit the image or the model.
+
+    Args:
+        image: ``[C, H, W, D]`` (or with a batch dimension), tensor or array.
+        label: ``[1, H, W, D]`` (or with a batch dimension), tensor or array.
+        num_classes: ``--out_channels``.
+        name: case name for the message.
+
+    Raises:
+        UserError: spatial shapes differ, label values are not whole numbers, or
+            lie outside ``0 .. num_classes - 1``.
+    """
+    image_shape, label_shape = tuple(image.shape), tuple(label.shape)
+    if image_shape[-3:] != label_shape[-3:]:
+        raise UserError(
+            f"case {name}: image shape {image_shape} and label shape {label_shape} differ; "
+            "image and label files must cover the same voxel grid"
+        )
+    size = label.numel() if hasattr(label, "numel") else np.size(label)
+    if size == 0:
+        return
+    if hasattr(label, "detach"):  # torch: reduce where the tensor lives
+        low, high = float(label.min()), float(label.max())
+        whole = bool((label == label.round()).all()) if label.is_floating_point() else True
+    else:
+        values = np.asarray(label)
+        low, high = float(values.min()), float(values.max())
+        whole = bool(np.array_equal(values, np.round(values)))
+    if not whole:
+        raise UserError(f"case {name}: label values are not whole numbers; the label file must hold class indices")
+    if low < 0:
+        raise UserError(f"case {name}: label values go down to {low:g}; class indices must be 0 or more")
+    if high >= num_classes:
+        raise UserError(
+            f"case {name}: max label {high:g} does not fit --out_channels {num_classes} (classes 0..{num_classes - 1}); "
+            f"set --out_channels to at least {int(high) + 1} or fix the labels"
+        )
