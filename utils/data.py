@@ -18,9 +18,12 @@ train
     ``RandScaleIntensityd(0.1)`` and ``RandShiftIntensityd(0.1)``.
 
 Images and labels stay ``MetaTensor`` s, so ``item["image"].affine`` is the affine of
-the transformed volume. Each datalist item also carries ``"name"`` (file name of the
-image, e.g. ``img0035.nii.gz``) and ``"label_name"`` as plain strings, which survive
-collation as lists of strings.
+the transformed volume. Each transformed item also carries ``"name"`` (file name of
+the image, e.g. ``img0035.nii.gz``) and ``"label_name"`` as plain strings, which
+survive collation as lists of strings.
+
+Loaders differ from the release only where it tied itself to CUDA: memory is pinned
+only when CUDA is available, and workers persist only when there are workers.
 
 MONAI is imported inside the builders so that ``import utils.data`` stays cheap.
 """
@@ -200,7 +203,9 @@ def get_transforms(
         ``num_samples`` such dicts of spatial size ``roi_size``.
 
     Raises:
-        UserError: unknown dataset or mode, or a non-positive ROI/spacing.
+        UserError: unknown dataset or mode, a non-positive ROI/spacing, or (train)
+            ``roi_size[0] != roi_size[1]`` with ``rotate90_prob > 0``: the rotations act
+            in the (H, W) plane, so crops of one batch would differ in shape.
     """
     from monai import transforms as mt
 
@@ -214,6 +219,11 @@ def get_transforms(
         raise UserError(f"ROI size must be 3 positive integers (--roi_x/--roi_y/--roi_z), got {roi_size}")
     if len(spacing) != 3 or min(spacing) <= 0:
         raise UserError(f"spacing must be 3 positive numbers (--space_x/--space_y/--space_z), got {spacing}")
+    if mode == "train" and rotate90_prob > 0 and roi_size[0] != roi_size[1]:
+        raise UserError(
+            f"random 90-degree rotations swap H and W, so training needs --roi_x equal to --roi_y "
+            f"(got {roi_size[0]} and {roi_size[1]}); use a square ROI in-plane or set --RandRotate90d_prob 0"
+        )
     keys = list(KEYS)
 
     deterministic = [
@@ -389,6 +399,7 @@ def check_case(image, label, num_classes: int, name: str) -> None:
         raise UserError(f"case {name}: label values go down to {low:g}; class indices must be 0 or more")
     if high >= num_classes:
         raise UserError(
-            f"case {name}: max label {high:g} does not fit --out_channels {num_classes} (classes 0..{num_classes - 1}); "
+            f"case {name}: max label {high:g} does not fit --out_channels {num_classes} "
+            f"(classes 0..{num_classes - 1}); "
             f"set --out_channels to at least {int(high) + 1} or fix the labels"
         )

@@ -595,7 +595,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spacing", type=float, nargs=3, default=list(DEFAULT_SPACING), metavar=("SX", "SY", "SZ"),
                         help="voxel size in mm")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--json_name", default="dataset.json", help="file name of the JSON list (pass it as --json_list)")
+    parser.add_argument("--json_name", default="dataset.json",
+                        help="file name of the JSON list (pass it as --json_list)")
     parser.add_argument("--orientation", default="LPS", choices=("LPS", "RAS"), help="stored axis orientation")
     return parser.parse_args(argv)
 

@@ -150,9 +150,19 @@ def test_train_transforms_yield_roi_crops(tiny_dataset, data_args):
 
 
 def test_train_transforms_pad_volumes_smaller_than_the_roi(tiny_dataset, data_args):
-    data_args.roi_x, data_args.roi_y, data_args.roi_z = 64, 48, 32  # larger than the cropped volume
+    data_args.roi_x, data_args.roi_y, data_args.roi_z = 64, 64, 32  # larger than the cropped volume
     out = build_transforms(data_args, "train")(tiny_dataset.training[0])
-    assert all(tuple(s["image"].shape) == (1, 64, 48, 32) for s in out)
+    assert all(tuple(s["image"].shape) == (1, 64, 64, 32) for s in out)
+
+
+def test_rotations_need_a_square_roi_in_plane(tiny_dataset, data_args):
+    data_args.roi_x, data_args.roi_y, data_args.roi_z = 48, 32, 16
+    with pytest.raises(UserError, match="--roi_x equal to --roi_y .*--RandRotate90d_prob 0"):
+        build_transforms(data_args, "train")
+    data_args.RandRotate90d_prob = 0.0
+    out = build_transforms(data_args, "train")(tiny_dataset.training[0])
+    assert all(tuple(s["image"].shape) == (1, 48, 32, 16) for s in out)
+    build_transforms(data_args, "eval")  # eval has no rotations
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])

@@ -104,7 +104,8 @@ def test_dataset_layout_json_and_affine(tmp_path):
     np.testing.assert_array_equal(np.asarray(img.dataobj), ras_image[::-1, ::-1])
     np.testing.assert_array_equal(np.asarray(lab.dataobj), ras_label[::-1, ::-1])
 
-    assert [i["name"] for i in load_datalist(str(out), "dataset.json", "training")] == ["img0001.nii.gz", "img0002.nii.gz"]
+    names = [i["name"] for i in load_datalist(str(out), "dataset.json", "training")]
+    assert names == ["img0001.nii.gz", "img0002.nii.gz"]
     assert len(load_datalist(str(out), json_path, "validation")) == 1
 
 
