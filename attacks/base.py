@@ -106,12 +106,25 @@ class Attack:
 
         Untargeted: ``argmax(logits) != labels``; targeted: ``argmax(logits) == labels``.
         """
-        pred = logits.argmax(dim=1, keepdim=True)  # [B, 1, H, W, D]
-        hit = pred == labels if self.targeted else pred != labels
-        return hit.float().mean()
+        return fooled_fraction(predict(logits), labels, self.targeted)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(targeted={self.targeted})"
+
+
+def predict(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted class per voxel, ``[B, N, H, W, D] -> [B, 1, H, W, D]`` (first maximum on ties).
+
+    ``max(dim=1).indices`` rather than ``argmax(dim=1)``: same result, several
+    times faster on CPU for channel-first volumes.
+    """
+    return logits.max(dim=1, keepdim=True).indices
+
+
+def fooled_fraction(pred: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """Fraction of voxels where ``pred != labels`` (``==`` when targeted), a 0-dim tensor."""
+    hit = pred == labels if targeted else pred != labels
+    return hit.float().mean()
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-import string
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -30,6 +29,7 @@ __all__ = [
     "quantize",
     "dequantize",
     "normalize_slices",
+    "blockwise_matmul",
 ]
 
 
@@ -67,22 +67,43 @@ def _cached_dct_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torc
         return matrix.to(dtype=dtype, device=device)
 
 
-def _along_axes(x: torch.Tensor, matrices: Sequence[torch.Tensor], axes: Sequence[int]) -> torch.Tensor:
-    """Apply ``matrices[j]`` along ``axes[j]``: ``y[.., a, ..] = sum_i M[a, i] x[.., i, ..]``.
+def blockwise_matmul(x: torch.Tensor, matrices: Sequence[Optional[torch.Tensor]], block_size: Sequence[int]) -> torch.Tensor:
+    """Multiply every block by a matrix along each of the last ``k = len(block_size)`` axes.
 
-    One einsum over the whole tensor, so blocks need not be contiguous.
+    Along axis ``j`` each block's length-``b_j`` fibres ``v`` become ``matrices[j] @ v``
+    (``matrices[j]`` is ``[o_j, b_j]``; ``None`` means identity), so the side of the
+    result along that axis is ``n_j * o_j``. Blocks are never cut out: axis ``j`` is
+    viewed as ``[n_j, b_j]`` in the contiguous tensor and one (batched) matrix product
+    per axis does the work, its output already in place. This is the engine of the
+    block DCT (square matrices) and of the block-wise SSIM filter (``[b - 2, b]``).
+
+    Args:
+        x: ``[..., S_1, ..., S_k]``, each ``S_j`` divisible by ``block_size[j]``.
+        matrices: ``k`` matrices ``[o_j, b_j]`` or ``None``, dtype and device of ``x``.
+        block_size: ``(b_1, ..., b_k)``, 2 or 3 sides.
+
+    Returns:
+        ``[..., n_1 o_1, ..., n_k o_k]``.
+
+    Raises:
+        ValueError: a side is not divisible by its block side.
     """
-    if x.ndim + len(axes) > 26:
-        raise ValueError(f"at most {26 - len(axes)} dims supported, got {x.ndim}")
-    src = list(string.ascii_lowercase[: x.ndim])
-    dst = list(src)
-    mat_subs = []
-    for j, axis in enumerate(axes):
-        new = string.ascii_uppercase[j]
-        mat_subs.append(new + src[axis])
-        dst[axis] = new
-    equation = "".join(src) + "," + ",".join(mat_subs) + "->" + "".join(dst)
-    return torch.einsum(equation, x, *matrices)
+    k = len(block_size)
+    lead, sizes = x.shape[:-k], list(x.shape[-k:])
+    grid = _block_grid(sizes, block_size)
+    x = x.contiguous()
+    for j in reversed(range(k)):  # the last axis first: a plain GEMM on the largest tensor
+        matrix = matrices[j]
+        if matrix is None:
+            continue
+        b = block_size[j]
+        after = math.prod(sizes[j + 1 :])
+        if after == 1:
+            x = x.reshape(-1, b) @ matrix.t()  # [rows, o_j]
+        else:
+            x = torch.matmul(matrix, x.reshape(-1, b, after))  # [rows, o_j, after]
+        sizes[j] = grid[j] * matrix.shape[0]
+    return x.reshape(*lead, *sizes)
 
 
 def _check_ndim(ndim: int, x: torch.Tensor) -> None:
@@ -92,9 +113,10 @@ def _check_ndim(ndim: int, x: torch.Tensor) -> None:
         raise ValueError(f"expected a tensor with at least {ndim} dims, got shape {tuple(x.shape)}")
 
 
-def _matrices(sizes: Sequence[int], x: torch.Tensor, inverse: bool) -> list:
-    mats = [dct_matrix(n, x.dtype, x.device) for n in sizes]
-    return [m.t() for m in mats] if inverse else mats
+def _dct_matrices(sizes: Sequence[int], x: torch.Tensor, inverse: bool) -> list:
+    """DCT matrices for ``sizes`` (``None`` for length 1, the identity), transposed when ``inverse``."""
+    mats = [dct_matrix(n, x.dtype, x.device) if n > 1 else None for n in sizes]
+    return [m.t() if inverse and m is not None else m for m in mats]
 
 
 def dct(x: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -108,8 +130,8 @@ def dct(x: torch.Tensor, ndim: int) -> torch.Tensor:
         Coefficients, same shape as ``x``.
     """
     _check_ndim(ndim, x)
-    axes = list(range(x.ndim - ndim, x.ndim))
-    return _along_axes(x, _matrices(x.shape[-ndim:], x, inverse=False), axes)
+    sizes = tuple(x.shape[-ndim:])
+    return blockwise_matmul(x, _dct_matrices(sizes, x, inverse=False), sizes)
 
 
 def idct(x: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -123,8 +145,8 @@ def idct(x: torch.Tensor, ndim: int) -> torch.Tensor:
         Signal, same shape as ``x``.
     """
     _check_ndim(ndim, x)
-    axes = list(range(x.ndim - ndim, x.ndim))
-    return _along_axes(x, _matrices(x.shape[-ndim:], x, inverse=True), axes)
+    sizes = tuple(x.shape[-ndim:])
+    return blockwise_matmul(x, _dct_matrices(sizes, x, inverse=True), sizes)
 
 
 def _block_grid(spatial_shape: Sequence[int], block_size: Sequence[int]) -> Tuple[int, ...]:
@@ -195,41 +217,30 @@ def merge_blocks(blocks: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Te
     return x.reshape(*lead, *spatial_shape)  # [..., H, W(, D)]
 
 
-def _block_transform(x: torch.Tensor, block_size: Sequence[int], inverse: bool) -> torch.Tensor:
-    k = len(block_size)
-    lead, spatial = x.shape[:-k], x.shape[-k:]
-    grid = _block_grid(spatial, block_size)
-    split_shape = [d for n, b in zip(grid, block_size) for d in (n, b)]
-    view = x.reshape(*lead, *split_shape)  # [..., n1, b1, n2, b2(, n3, b3)], a view
-    block_axes = [len(lead) + 2 * j + 1 for j in range(k)]
-    out = _along_axes(view, _matrices(block_size, x, inverse), block_axes)
-    return out.reshape(x.shape)  # [..., H, W(, D)]
-
-
 def block_dct(x: torch.Tensor, block_size: Sequence[int]) -> torch.Tensor:
     """DCT of every block, in place of the blocks (no split/merge copies).
 
     Equal to ``merge_blocks(dct(split_blocks(x, block_size), k), spatial)`` with
-    ``k = len(block_size)``: the last ``k`` dims are viewed as
-    ``[n1, b1, n2, b2(, n3, b3)]`` and the DCT matrices act on the ``b`` axes.
+    ``k = len(block_size)``, computed by :func:`blockwise_matmul`. A block side of 1
+    leaves that axis untouched, so ``(bh, bw, 1)`` on ``[B, C, H, W, D]`` is the 2D
+    block DCT of every axial slice.
 
     Args:
-        x: ``[..., H, W, D]`` (3D blocks) or ``[..., H, W]`` (2D blocks); may be a
-            non-contiguous view, e.g. ``[B, C, D, H, W]`` permuted from ``[B, C, H, W, D]``.
+        x: ``[..., H, W, D]`` (3D blocks) or ``[..., H, W]`` (2D blocks).
         block_size: ``(bh, bw, bd)`` or ``(bh, bw)``.
 
     Returns:
-        Block-wise coefficients, same shape as ``x``.
+        Block-wise coefficients, same shape as ``x`` (contiguous).
 
     Raises:
         ValueError: a spatial side is not divisible by its block side.
     """
-    return _block_transform(x, block_size, inverse=False)
+    return blockwise_matmul(x, _dct_matrices(block_size, x, inverse=False), block_size)
 
 
 def block_idct(x: torch.Tensor, block_size: Sequence[int]) -> torch.Tensor:
     """Inverse of :func:`block_dct`; same arguments and shapes."""
-    return _block_transform(x, block_size, inverse=True)
+    return blockwise_matmul(x, _dct_matrices(block_size, x, inverse=True), block_size)
 
 
 def phi_diff(x: torch.Tensor, alpha: Union[float, torch.Tensor]) -> torch.Tensor:
@@ -250,7 +261,7 @@ def phi_diff(x: torch.Tensor, alpha: Union[float, torch.Tensor]) -> torch.Tensor
     alpha = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
     scale = 1 / (1 - alpha)
     sharpness = torch.log(2 / alpha - 1)
-    floor = torch.floor(x)
+    floor = torch.floor(x.detach())  # zero gradient anyway; detaching skips zero-filled backward work
     phi = torch.tanh((x - (floor + 0.5)) * sharpness) * scale
     return (phi + 1) / 2 + floor
 
@@ -274,9 +285,10 @@ def dequantize(coeffs: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def normalize_slices(x: torch.Tensor, scale: float = 255.0) -> torch.Tensor:
     """Min-max normalise every axial slice to [0, 1], as the reference does after VAFA.
 
-    Min and max are taken over ``(H, W)`` for each ``(B, C, D)``. A slice whose max
-    equals its min (where the reference divides by zero) becomes ``x / scale``
-    clamped to [0, 1] instead; other slices get the reference's numbers.
+    Min and max are taken over ``(H, W)`` for each ``(B, C, D)``:
+    ``(x - min) / (max - min)``, the reference's numbers. A slice whose max equals
+    its min (where the reference divides by zero) becomes ``clamp(x / scale, 0, 1)``
+    instead. Both cases are one subtraction and one division by per-slice constants.
 
     Args:
         x: ``[B, C, H, W, D]`` on the ``[0, scale]`` scale.
@@ -289,6 +301,8 @@ def normalize_slices(x: torch.Tensor, scale: float = 255.0) -> torch.Tensor:
     high = torch.amax(x, dim=(2, 3), keepdim=True)  # [B, C, 1, 1, D]
     span = high - low
     constant = span == 0
-    # A safe denominator keeps the unused branch finite, so no NaN leaks into gradients.
-    safe_span = torch.where(constant, torch.ones_like(span), span)
-    return torch.where(constant, torch.clamp(x / scale, 0, 1), (x - low) / safe_span)
+    # On a constant slice x == low, so (x - (low - scale * c)) / scale = c = clamp(low / scale, 0, 1).
+    target = torch.clamp(low / scale, 0, 1)
+    shift = torch.where(constant, low - scale * target, low)
+    denominator = torch.where(constant, torch.full_like(span, scale), span)
+    return (x - shift) / denominator

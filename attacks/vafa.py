@@ -8,10 +8,10 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-from pytorch_msssim import ssim
 
-from .base import Attack, LossFn
+from .base import Attack, LossFn, fooled_fraction, predict
 from .frequency import block_dct, block_idct, dequantize, normalize_slices, quantize, split_blocks
+from .ssim import BlockSSIM
 
 logger = logging.getLogger(__name__)
 
@@ -105,18 +105,16 @@ class VAFA(Attack):
         """True for 3D blocks, False for per-slice 2D blocks."""
         return len(self.block_size) == 3
 
-    def _to_block_layout(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W, D]`` -> view whose trailing dims are the blocked ones."""
-        return x if self.is_3d else x.permute(0, 1, 4, 2, 3)  # 2D: [B, C, D, H, W]
+    @property
+    def transform_block(self) -> tuple:
+        """Block of the DCT on ``[B, C, H, W, D]``: ``(bh, bw, bd)``, or ``(bh, bw, 1)`` for per-slice 2D blocks."""
+        return self.block_size if self.is_3d else (*self.block_size, 1)
 
-    def _from_block_layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.is_3d else x.permute(0, 1, 3, 4, 2)  # 2D: [B, C, D, H, W] -> [B, C, H, W, D]
-
-    def _ssim_loss(self, images: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-        """``1 - SSIM`` averaged over 3D blocks (windows never cross a block edge)."""
-        clean = split_blocks(images, self.block_size).flatten(0, 2).unsqueeze(1)  # [B*C*n_blocks, 1, bh, bw, bd]
-        perturbed = split_blocks(adv, self.block_size).flatten(0, 2).unsqueeze(1)  # [B*C*n_blocks, 1, bh, bw, bd]
-        return 1 - ssim(clean, perturbed, data_range=1, size_average=True, win_size=3, nonnegative_ssim=True)
+    def _tables(self, q: torch.Tensor) -> torch.Tensor:
+        """Tables kept as ``[B, C, H, W, D]`` -> ``[B, C, n_blocks, bh, bw, bd]`` or ``[B, C, D, n_blocks, bh, bw]``."""
+        if self.is_3d:
+            return split_blocks(q, self.block_size)
+        return split_blocks(q.permute(0, 1, 4, 2, 3), self.block_size)  # [B, C, D, H, W] -> 2D blocks per slice
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Run the attack.
@@ -132,15 +130,18 @@ class VAFA(Attack):
             ValueError: ``(H, W, D)`` (3D) or ``(H, W)`` (2D) not divisible by ``block_size``.
         """
         spatial = tuple(images.shape[2:])
-        blocked = spatial if self.is_3d else spatial[:2]
-        if any(s % b for s, b in zip(blocked, self.block_size)):
+        if any(s % b for s, b in zip(spatial, self.transform_block)):
             raise ValueError(f"spatial shape {spatial} is not divisible by block_size {self.block_size}")
+        images = images.contiguous()
         device = images.device
 
-        # The clean coefficients do not depend on q: transform once per call.
-        coeffs = block_dct(self._to_block_layout(images * 255) - 128, self.block_size)  # block layout
+        # Everything stays in the [B, C, H, W, D] layout: the tables hold one entry per
+        # voxel (its block's coefficient at that position) and the clean coefficients,
+        # which do not depend on q, are transformed once per call.
+        coeffs = block_dct(images * 255 - 128, self.transform_block)  # [B, C, H, W, D]
         q_start = self.q_max if self.q_init == "max" else 1.0
-        q = torch.full(coeffs.shape, q_start, dtype=images.dtype, device=device).clamp_(self.q_min, self.q_max)
+        q = torch.full_like(coeffs, q_start).clamp_(self.q_min, self.q_max)  # [B, C, H, W, D]
+        ssim_to_clean = BlockSSIM(images, self.block_size) if self.use_ssim_loss and self.is_3d else None
         # alpha stays a float32 tensor and accumulates in float32, as in the reference.
         alpha = torch.tensor(ALPHA_START, dtype=torch.float32, device=device)
         alpha_step = torch.tensor((ALPHA_END - ALPHA_START) / self.steps, dtype=torch.float32, device=device)
@@ -148,17 +149,18 @@ class VAFA(Attack):
         self.success_rate = []
         for step in range(self.steps):
             q.requires_grad_(True)
-            restored = block_idct(dequantize(quantize(coeffs, q, alpha), q), self.block_size) + 128
-            adv = normalize_slices(self._from_block_layout(restored))  # [B, C, H, W, D]
+            restored = block_idct(dequantize(quantize(coeffs, q, alpha), q), self.transform_block) + 128
+            adv = normalize_slices(restored)  # [B, C, H, W, D]
             logits = self.model(adv)  # [B, N, H, W, D]
             loss = -self.objective(logits, labels)
-            if self.use_ssim_loss and self.is_3d:
-                loss = loss + self._ssim_loss(images, adv)
+            if ssim_to_clean is not None:
+                loss = loss + 1 - ssim_to_clean(adv)
             (grad,) = torch.autograd.grad(loss, q)
             q = torch.clamp(q.detach() - torch.sign(grad), self.q_min, self.q_max)
             alpha += alpha_step
 
-            rate = self.fooled_fraction(logits.detach(), labels).item()
+            pred = predict(logits.detach())  # [B, 1, H, W, D]
+            rate = fooled_fraction(pred, labels, self.targeted).item()
             self.success_rate.append(rate)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("VAFA step %d/%d: loss %.5f, success rate %.4f", step + 1, self.steps, loss.item(), rate)
@@ -166,8 +168,8 @@ class VAFA(Attack):
                 logger.info("VAFA: every voxel fooled after step %d of %d; stopping", step + 1, self.steps)
                 break
 
-        self.q_tables = split_blocks(q, self.block_size)
-        self.predictions = logits.detach().argmax(dim=1, keepdim=True)
+        self.q_tables = self._tables(q)
+        self.predictions = pred
         return torch.clamp(adv.detach(), 0, 1)
 
     def __repr__(self) -> str:

@@ -1,14 +1,17 @@
-"""attacks.frequency against independent references (scipy.fft, monai, numpy)."""
+"""attacks.frequency against independent references (scipy.fft, monai, pytorch_msssim, numpy)."""
 
+import contextlib
 import numpy as np
 import pytest
 import scipy.fft
 import torch
 from monai.data.utils import dense_patch_slices
+from pytorch_msssim import ssim
 
 from attacks.frequency import (
     block_dct,
     block_idct,
+    blockwise_matmul,
     dct,
     dct_matrix,
     dequantize,
@@ -19,6 +22,7 @@ from attacks.frequency import (
     quantize,
     split_blocks,
 )
+from attacks.ssim import block_ssim
 
 SHAPES = [(4, 4), (8, 8), (5, 12), (32, 48), (96, 96), (4, 4, 4), (8, 8, 8), (16, 8, 4), (6, 10, 12), (96, 8, 4)]
 
@@ -101,6 +105,20 @@ def test_block_dct_agrees_with_split_dct(shape, block):
     torch.testing.assert_close(block_idct(got, block), x, rtol=0, atol=1e-9)
 
 
+def test_block_side_one_gives_per_slice_2d_blocks():
+    x = _data((16, 8, 5), torch.float64, lead=(2, 1))
+    expected = block_dct(x.permute(0, 1, 4, 2, 3), (8, 4)).permute(0, 1, 3, 4, 2)  # 2D blocks on each [H, W] slice
+    torch.testing.assert_close(block_dct(x, (8, 4, 1)), expected, rtol=0, atol=1e-9)
+
+
+def test_blockwise_matmul_with_rectangular_matrices():
+    x = _data((8, 6), torch.float64, lead=(3,))
+    a, b = torch.rand(2, 4, dtype=torch.float64), torch.rand(1, 3, dtype=torch.float64)
+    blocks = split_blocks(x, (4, 3))  # [3, 4, 4, 3]
+    expected = merge_blocks(torch.einsum("ai,bj,...ij->...ab", a, b, blocks), (4, 2))
+    torch.testing.assert_close(blockwise_matmul(x, [a, b], (4, 3)), expected, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("fn", [split_blocks, block_dct], ids=lambda f: f.__name__)
 def test_indivisible_shape_is_rejected(fn):
     with pytest.raises(ValueError, match=r"spatial shape \(97, 96, 96\) is not divisible by block_size \(8, 8, 8\)"):
@@ -159,3 +177,27 @@ def test_normalize_slices_matches_per_slice_min_max_and_guards_constant_slices()
             torch.testing.assert_close(out[b, 0, :, :, d].detach(), expected, rtol=0, atol=1e-12)
     (grad,) = torch.autograd.grad(out.sum(), x)
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize(
+    "shape, block",
+    [((2, 1, 16, 8, 8), (8, 4, 4)), ((1, 2, 8, 8, 8), (8, 8, 8)), ((2, 1, 8, 4, 4), (4, 2, 4)), ((3, 16, 12), (8, 6))],
+    ids=str,
+)
+def test_block_ssim_matches_pytorch_msssim_on_split_blocks(shape, block):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=gen, dtype=torch.float64)
+    y = (x + 0.3 * torch.rand(shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    y[0, ..., : block[0], : block[1]] = 1 - y[0, ..., : block[0], : block[1]]  # a block with negative SSIM
+    as_images = lambda t: split_blocks(t, block).reshape(-1, 1, *block)  # noqa: E731  every block an image
+    with pytest.warns(UserWarning, match="Skipping Gaussian") if min(block) < 3 else contextlib.nullcontext():
+        expected = ssim(as_images(x), as_images(y), data_range=1, size_average=True, win_size=3, nonnegative_ssim=True)
+    torch.testing.assert_close(block_ssim(x, y, block), expected, rtol=0, atol=1e-12)
+    assert block_ssim(x, x, block).item() == pytest.approx(1.0)
+
+
+def test_block_ssim_errors():
+    with pytest.raises(ValueError, match="same shape"):
+        block_ssim(torch.zeros(8, 8), torch.zeros(8, 4), (4, 4))
+    with pytest.raises(ValueError, match="win_size must be odd, got 4"):
+        block_ssim(torch.zeros(8, 8), torch.zeros(8, 8), (4, 4), win_size=4)
