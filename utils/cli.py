@@ -302,3 +302,98 @@ def parse_eval_args(description: str, argv: Sequence[str] | None, check) -> argp
             parser.error("--gen_val_adv_mode and --gen_train_adv_mode exclude each other; pick one split")
 
     return parse_with(parser, argv, (check_data_args, common, check))
+
+
+# --------------------------------------------------------------------------- training (run_normal_or_adv_training.py)
+
+LR_SCHEDULES = ("warmup_cosine", "cosine_anneal")
+"""``--lrschedule`` values with a schedule; any other value trains at a constant rate (release)."""
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of the training script: optimisation, checkpoints and run folder, training modes."""
+    g = parser.add_argument_group("training")
+    g.add_argument("--batch_size", default=1, type=int, help="volumes per step and process (each yields 4 ROI crops)")
+    g.add_argument("--max_epochs", default=5000, type=int, help="training epochs")
+    g.add_argument("--val_every", default=100, type=int, help="validate after every N-th epoch ((epoch + 1) %% N == 0)")
+    g.add_argument("--optim_name", default="adamw", choices=("adamw", "adam", "sgd"), help="optimiser")
+    g.add_argument("--optim_lr", default=1e-4, type=float, help="learning rate")
+    g.add_argument("--reg_weight", default=1e-5, type=float, help="weight decay")
+    g.add_argument("--momentum", default=0.99, type=float, help="SGD momentum (Nesterov)")
+    g.add_argument("--lrschedule", default="warmup_cosine", type=str,
+                   help="warmup_cosine (per epoch, linear warm-up from 0) or cosine_anneal; anything else: constant rate")
+    g.add_argument("--warmup_epochs", default=50, type=int, help="linear warm-up epochs of warmup_cosine")
+    g.add_argument("--noamp", action="store_true", help="no mixed precision on CUDA (CPU never uses it)")
+    g.add_argument("--smooth_nr", default=0.0, type=float, help="Dice numerator smoothing of the Dice-CE loss")
+    g.add_argument("--smooth_dr", default=1e-6, type=float, help="Dice denominator smoothing of the Dice-CE loss")
+
+    g = parser.add_argument_group("checkpoints and run folder")
+    g.add_argument("--save_checkpoint", action="store_true", help="write model_latest.pt every epoch and model_best.pt on a new best")
+    g.add_argument("--save_model_dir", default=None, type=str,
+                   help="parent of the run folder (adversarial training adds an attack-named sub-folder)")
+    g.add_argument("--no_sub_dir_model", action="store_true", help="use --save_model_dir/--checkpoint_dir itself, no attack-named sub-folder")
+    g.add_argument("--resume", action="store_true", help="continue a run from --checkpoint_dir (with --resume_latest or --resume_best)")
+    g.add_argument("--resume_latest", action="store_true", help="resume from model_latest.pt")
+    g.add_argument("--resume_best", action="store_true", help="resume from model_best.pt")
+    g.add_argument("--resume_but_restart", action="store_true",
+                   help="take only the checkpoint's weights and start a new run at epoch 0 in --save_model_dir")
+    g.add_argument("--checkpoint_dir", default=None, type=str,
+                   help="parent of the run folder to resume (the --save_model_dir of that run)")
+    g.add_argument("--logdir", default=None, type=str, help="TensorBoard folder (default: the run folder)")
+    g.add_argument("--debugging", action="store_true", help="save nothing, create no folder")
+    g.add_argument("--exp_name", default=None, type=str, help="experiment name (recorded in args.json and the log)")
+
+    g = parser.add_argument_group("training modes")
+    g.add_argument("--adv_training_mode", action="store_true", help="adversarial training: Dice-CE on attacked crops")
+    g.add_argument("--freq_reg_mode", action="store_true",
+                   help="VAFT (needs --adv_training_mode): clean + adversarial Dice-CE + frequency-consistency loss")
+    g.add_argument("--freq_reg_norm", default="relative", choices=("relative", "l1"),
+                   help="frequency-consistency loss: relative L1 of the DCT spectra (release) or plain L1 (paper's Eq. 4)")
+    g.add_argument("--freq_reg_weight", default=1.0, type=float, help="weight of the frequency-consistency loss")
+    g.add_argument("--val_attack", action="store_true",
+                   help="also report validation Dice under the configured attack (first --val_attack_cases cases)")
+    g.add_argument("--val_attack_cases", default=2, type=int,
+                   help="validation cases attacked with --val_attack (bounds its cost)")
+
+
+def check_training_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Conflicts among the training flags (one-line ``parser.error``, exit status 2)."""
+    if args.freq_reg_mode and not args.adv_training_mode:
+        parser.error("--freq_reg_mode needs --adv_training_mode (VAFT is adversarial training with the frequency loss)")
+    if (args.resume_latest or args.resume_best or args.resume_but_restart) and not args.resume:
+        parser.error("--resume_latest/--resume_best/--resume_but_restart need --resume")
+    if args.resume:
+        if not args.checkpoint_dir:
+            parser.error("--resume needs --checkpoint_dir: the folder given as --save_model_dir to the run to continue")
+        if args.resume_latest == args.resume_best:
+            parser.error("--resume needs exactly one of --resume_latest (model_latest.pt) and --resume_best (model_best.pt)")
+    if not args.debugging and not args.save_model_dir:
+        if not args.resume:
+            parser.error("--save_model_dir is required (where the run folder goes), or pass --debugging to save nothing")
+        if args.resume_but_restart:
+            parser.error("--resume_but_restart starts a new run: pass --save_model_dir for its folder "
+                         "(the checkpoint's own folder is never overwritten)")
+    for name in ("batch_size", "max_epochs", "val_every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.warmup_epochs < 0:
+        parser.error(f"--warmup_epochs must not be negative, got {args.warmup_epochs}")
+    if args.optim_lr < 0 or args.reg_weight < 0:
+        parser.error(f"--optim_lr and --reg_weight must not be negative, got {args.optim_lr}, {args.reg_weight}")
+    if args.freq_reg_weight < 0:
+        parser.error(f"--freq_reg_weight must not be negative, got {args.freq_reg_weight}")
+    if args.val_attack_cases < 1:
+        parser.error(f"--val_attack_cases must be at least 1, got {args.val_attack_cases}")
+    args.amp = not args.noamp
+
+
+def parse_training_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parser of the training script: model, data, weights, attack, training and runtime flags."""
+    parser = make_parser(description)
+    for add in (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_training_args, add_runtime_args):
+        add(parser)
+
+    def weights(args, parser):
+        check_pretrained_args(args, parser, required=False)
+
+    return parse_with(parser, argv, (check_data_args, weights, check_attack_args, check_training_args))
