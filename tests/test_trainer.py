@@ -1,0 +1,323 @@
+"""Unit tests of trainer.py on a tiny UNETR and random tensors (CPU)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+import trainer as tr
+from networks import build_model
+from networks.checkpoint import read_checkpoint, save_checkpoint
+from run_normal_or_adv_training import parse_args
+from utils.losses import build_dice_ce, frequency_consistency_loss
+
+ROI = (16, 16, 16)
+CLASSES = 3
+TINY = ["--feature_size", "8", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4",
+        "--roi_x", "16", "--roi_y", "16", "--roi_z", "16", "--out_channels", str(CLASSES)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: faster on a shared CPU and bit-reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_args(*extra: str):
+    return parse_args(["--data_dir", "unused", "--debugging", "--device", "cpu", *TINY, *extra])
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("unet-r", in_channels=1, out_channels=CLASSES, img_size=ROI, feature_size=8, hidden_size=48,
+                       mlp_dim=96, num_heads=4)
+
+
+def fixed_batch(seed: int = 0, batch: int = 2) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(batch, 1, *ROI)
+    labels[:, :, 4:12, 4:12, 4:12] = 1
+    labels[:, :, 6:10, 6:10, 6:10] = 2
+    images = (0.2 + 0.3 * labels + 0.05 * torch.rand(batch, 1, *ROI, generator=g)).clamp(0, 1)
+    return {"image": images, "label": labels}
+
+
+# --------------------------------------------------------------------------- schedule and optimiser
+
+
+def test_warmup_cosine_follows_the_release_closed_form():
+    f = lambda e: tr.warmup_cosine_factor(e, warmup_epochs=5, max_epochs=15)  # noqa: E731
+    assert f(0) == 0.0  # the release trains epoch 0 at learning rate 0
+    assert f(2) == pytest.approx(0.5) and f(4) == pytest.approx(1.0)
+    assert f(5) == pytest.approx(1.0) and f(10) == pytest.approx(0.5) and f(15) == pytest.approx(0.0, abs=1e-12)
+    # guards where the release divides by zero
+    assert tr.warmup_cosine_factor(0, 1, 10) == 0.0 and tr.warmup_cosine_factor(1, 1, 10) == pytest.approx(1.0)
+    assert tr.warmup_cosine_factor(3, 10, 10) == pytest.approx(3 / 9) and tr.warmup_cosine_factor(12, 10, 10) == 1.0
+    assert tr.warmup_cosine_factor(0, 0, 4) == 1.0
+
+
+def test_schedules_step_per_epoch_and_match_torch_cosine():
+    args = make_args("--lrschedule", "cosine_anneal", "--max_epochs", "7", "--optim_lr", "0.1")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    ours = tr.build_scheduler(args, opt)
+    ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=7)
+    for _ in range(7):
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step(), ref_opt.step(), ours.step(), ref.step()
+    warm_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    warm = tr.build_scheduler(make_args("--warmup_epochs", "3", "--max_epochs", "9"), warm_opt)
+    lrs = []
+    for _ in range(4):
+        lrs.append(warm_opt.param_groups[0]["lr"])
+        warm_opt.step(), warm.step()
+    assert lrs == pytest.approx([0.0, 0.5, 1.0, 1.0])
+    assert tr.build_scheduler(make_args("--lrschedule", "none"), opt) is None
+
+
+def test_scheduler_state_round_trips_without_callables():
+    args = make_args("--warmup_epochs", "3", "--max_epochs", "9")
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sched = tr.build_scheduler(args, opt)
+    for _ in range(4):
+        opt.step(), sched.step()
+    state = sched.state_dict()
+    assert state["lr_lambdas"] == [None] and state["last_epoch"] == 4
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched2 = tr.build_scheduler(args, opt2)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(state)
+    opt2.step(), sched2.step(), opt.step(), sched.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("name, cls", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
+def test_optimisers_take_the_release_hyperparameters(name, cls):
+    args = make_args("--optim_name", name, "--optim_lr", "0.01", "--reg_weight", "0.001")
+    opt = tr.build_optimizer(args, [torch.nn.Parameter(torch.zeros(1))])
+    group = opt.param_groups[0]
+    assert isinstance(opt, cls) and group["lr"] == 0.01 and group["weight_decay"] == 0.001
+    if name == "sgd":
+        assert group["nesterov"] and group["momentum"] == 0.99
+
+
+def test_no_autocast_on_cpu():
+    assert tr.amp_dtype_for(torch.device("cpu"), True) is None
+    assert tr.amp_dtype_for(torch.device("cuda"), False) is None
+
+
+# --------------------------------------------------------------------------- data order
+
+
+def test_epoch_sampler_is_reproducible_and_shards_without_overlap():
+    a = list(tr.EpochSampler(7, seed=3))
+    s = tr.EpochSampler(7, seed=3)
+    assert list(s) == a  # epoch 0 again
+    s.set_epoch(1)
+    b = list(s)
+    assert sorted(i for _, i in b) == list(range(7)) and b != a
+    assert len({seed for seed, _ in a}) == 7  # one augmentation seed per sample
+    shards = []
+    for rank in range(3):
+        sampler = tr.EpochSampler(7, seed=3, rank=rank, world=3)
+        sampler.set_epoch(1)
+        shards.append([i for _, i in sampler])
+        assert len(shards[-1]) == len(sampler) == 3
+    assert set(sum(shards, [])) == set(range(7))  # padded to 9 by repetition, all cases covered
+
+
+def test_epoch_seeded_dataset_seeds_the_transform_per_key():
+    class Transform:
+        def set_random_state(self, seed):
+            self.seed = seed
+
+    class Data:
+        transform = Transform()
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return index, self.transform.seed
+
+    ds = tr.EpochSeededDataset(Data())
+    assert ds[(11, 1)] == (1, 11) and ds[(5, 0)] == (0, 5) and len(ds) == 2
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def test_build_trainer_picks_the_class_from_the_flags():
+    model = tiny_model()
+    assert type(tr.build_trainer(make_args(), model, torch.device("cpu"))) is tr.Trainer
+    assert type(tr.build_trainer(make_args("--adv_training_mode"), model, torch.device("cpu"))) is tr.AdversarialTrainer
+    vaft = tr.build_trainer(make_args("--adv_training_mode", "--freq_reg_mode"), model, torch.device("cpu"))
+    assert type(vaft) is tr.VAFTTrainer
+
+
+@pytest.mark.parametrize("flags", [(), ("--adv_training_mode", "--freq_reg_mode", "--attack_name", "gn")],
+                         ids=["normal", "vaft"])
+def test_train_step_lowers_the_loss_on_a_fixed_batch(flags):
+    args = make_args("--optim_name", "adam", "--optim_lr", "3e-3", "--lrschedule", "constant", *flags)
+    trainer = tr.build_trainer(args, tiny_model(), torch.device("cpu"))
+    batch = fixed_batch()
+    torch.manual_seed(0)
+    losses = [trainer.train_step(batch)["loss"] for _ in range(6)]
+    assert losses[-1] < losses[0], losses
+    assert all(math.isfinite(v) for v in losses)
+
+
+def _captured_attack(trainer):
+    """Wrap the trainer's attack to keep the adversarial batch it produced."""
+    seen = {}
+    attack = trainer.attack
+
+    def wrapped(images, labels):
+        seen["labels"] = labels
+        seen["adv"] = attack(images, labels)
+        return seen["adv"]
+
+    trainer._attack = wrapped
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["adversarial", "vaft"])
+def test_adversarial_step_leaves_only_the_training_gradients(mode):
+    flags = ["--adv_training_mode", "--attack_name", "pgd", "--steps", "2", "--eps", "8"]
+    if mode == "vaft":
+        flags += ["--freq_reg_mode", "--freq_reg_weight", "0.5"]
+    # lr 0, no weight decay: the step leaves the weights as they were, so the gradients can be recomputed
+    args = make_args("--optim_name", "sgd", "--optim_lr", "0", "--reg_weight", "0", "--lrschedule", "constant", *flags)
+    trainer = tr.build_trainer(args, tiny_model(), torch.device("cpu"))
+    reference = copy.deepcopy(trainer.module)
+    trainer.module.eval()  # the step must put it back into train mode
+    seen = _captured_attack(trainer)
+    batch = fixed_batch()
+    trainer.train_step(batch)
+
+    assert all(m.training for m in trainer.module.modules())
+    images, labels = batch["image"], batch["label"]
+    assert torch.equal(seen["labels"], labels)
+    adv = seen["adv"]
+    assert not adv.requires_grad and (adv - images).abs().max() <= 8 / 255 + 1e-6
+    loss_fn = build_dice_ce()
+    reference.train()
+    if mode == "vaft":
+        clean, attacked = reference(images), reference(adv)
+        loss = loss_fn(clean, labels) + loss_fn(attacked, labels) + 0.5 * frequency_consistency_loss(clean, attacked)
+    else:
+        loss = loss_fn(reference(adv), labels)
+    loss.backward()
+    for (name, p), q in zip(trainer.module.named_parameters(), reference.parameters()):
+        if q.grad is None:
+            assert p.grad is None or not p.grad.any(), name
+        else:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_targeted_training_attacks_towards_the_target_class():
+    args = make_args("--adv_training_mode", "--attack_name", "fgsm", "--targeted", "--target_class", "2",
+                     "--optim_lr", "0", "--reg_weight", "0")
+    trainer = tr.build_trainer(args, tiny_model(), torch.device("cpu"))
+    seen = _captured_attack(trainer)
+    trainer.train_step(fixed_batch())
+    assert bool((seen["labels"] == 2).all())
+
+
+def test_validate_reports_the_mean_case_dice():
+    args = make_args("--val_attack", "--attack_name", "gn", "--val_attack_cases", "1", "--infer_overlap", "0")
+    batches = [fixed_batch(seed, batch=1) for seed in range(2)]
+    trainer = tr.build_trainer(args, tiny_model(), torch.device("cpu"), val_loader=batches)
+    out = trainer.validate(0)
+    assert 0.0 <= out["val_dice"] <= 1.0 and 0.0 <= out["val_dice_adv"] <= 1.0
+    from utils.metrics import class_mean, dice_per_class
+
+    expected = [class_mean(dice_per_class(trainer.predict(b["image"]), b["label"], CLASSES)) for b in batches]
+    assert out["val_dice"] == pytest.approx(sum(expected) / 2)
+
+
+# --------------------------------------------------------------------------- checkpoints and folders
+
+
+def test_checkpoint_loads_with_weights_only_and_restores_the_state(tmp_path):
+    args = make_args("--optim_name", "adamw", "--lrschedule", "cosine_anneal", "--max_epochs", "4")
+    trainer = tr.build_trainer(args, tiny_model(), torch.device("cpu"))
+    trainer.train_step(fixed_batch())
+    trainer.scheduler.step()
+    trainer.best_acc, trainer.last_acc = 0.25, 0.2
+    path = str(tmp_path / "model_latest.pt")
+    save_checkpoint(trainer.checkpoint(0), path)
+    ckpt = read_checkpoint(path)  # torch.load(weights_only=True)
+    assert {"epoch", "epoch_acc", "best_acc", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
+            "scaler_state_dict", "rng_state", "args"} <= set(ckpt)
+    assert ckpt["args"]["optim_name"] == "adamw" and not any(k.startswith("module.") for k in ckpt["model_state_dict"])
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    state = tr.rng_state()
+    torch.rand(3)
+    tr.set_rng_state(state)
+    assert torch.equal(torch.rand(3), expected)
+
+    other = tr.build_trainer(args, tiny_model(seed=1), torch.device("cpu"))
+    other.restore(path)
+    assert other.start_epoch == 1 and other.best_acc == 0.25 and other.last_acc == 0.2
+    assert other.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.optimizer.param_groups[0]["lr"])
+    assert other.scheduler.last_epoch == 1
+    for a, b in zip(trainer.module.state_dict().values(), other.module.state_dict().values()):
+        assert torch.equal(a, b)
+    restarted = tr.build_trainer(args, tiny_model(seed=1), torch.device("cpu"))
+    restarted.restore(path, restart=True)
+    assert restarted.start_epoch == 0 and restarted.best_acc == 0.0
+
+
+def test_metrics_rows_from_the_resumed_epoch_on_are_dropped(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,loss,val_dice\n0,1.0,\n1,0.9,0.5\n2,0.8,\n")
+    rows = tr.read_metrics_rows(str(path), before_epoch=2)
+    assert [r["epoch"] for r in rows] == ["0", "1"] and rows[1]["val_dice"] == "0.5"
+    assert tr.read_metrics_rows(str(tmp_path / "missing.csv"), 3) == []
+
+
+def test_run_folder_follows_the_release_layout(tmp_path):
+    out = str(tmp_path)
+    attack = ["--attack_name", "pgd", "--steps", "3", "--eps", "4"]
+    normal = parse_args(["--data_dir", "d", "--save_model_dir", out])
+    assert tr.run_folder(normal) == (out, None)
+    adv = parse_args(["--data_dir", "d", "--save_model_dir", out, "--adv_training_mode", *attack])
+    assert tr.run_folder(adv) == (os.path.join(out, "pgd_alpha_0.01_eps_4.0_i_3"), None)
+    flat = parse_args(["--data_dir", "d", "--save_model_dir", out, "--adv_training_mode", "--no_sub_dir_model", *attack])
+    assert tr.run_folder(flat)[0] == out
+    resume = parse_args(["--data_dir", "d", "--resume", "--resume_best", "--checkpoint_dir", out, "--adv_training_mode",
+                         *attack])
+    sub = os.path.join(out, "pgd_alpha_0.01_eps_4.0_i_3")
+    assert tr.run_folder(resume) == (sub, os.path.join(sub, "model_best.pt"))
+    restart = parse_args(["--data_dir", "d", "--resume", "--resume_latest", "--resume_but_restart", "--checkpoint_dir",
+                          out, "--save_model_dir", str(tmp_path / "new")])
+    assert tr.run_folder(restart) == (str(tmp_path / "new"), os.path.join(out, "model_latest.pt"))
+    debug = parse_args(["--data_dir", "d", "--debugging"])
+    assert tr.run_folder(debug) == (None, None)
+
+
+def test_signal_handlers_set_the_stop_flag_and_are_restored():
+    trainer = tr.build_trainer(make_args(), tiny_model(), torch.device("cpu"))
+    before = signal.getsignal(signal.SIGUSR1)
+    previous = trainer.install_signal_handlers()
+    try:
+        assert not trainer.stop_requested()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert trainer.stop_requested() and trainer.stop_signal == "SIGUSR1"
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert signal.getsignal(signal.SIGUSR1) is before
