@@ -363,8 +363,10 @@ class Trainer:
         self.rank, self.world = dist_utils.rank_and_world()
         self.module = model.to(self.device)
         if self.world > 1:
-            if args.norm_name == "batch":
+            if args.norm_name == "batch" and self.device.type == "cuda":
                 self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
+            elif args.norm_name == "batch":
+                logger.warning("SyncBatchNorm needs CUDA: on CPU each process keeps its own batch statistics")
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             # find_unused_parameters: UNETR's ViT blocks hold norm_cross_attn layers it never calls
             self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids,
@@ -612,17 +614,24 @@ class Trainer:
                     path, self.start_epoch - 1, self.best_acc, self.start_epoch)
 
     def _restore_scheduler(self, state: Any, path: str) -> None:
+        """Put the schedule at ``start_epoch``.
+
+        Our checkpoints hold a ``LambdaLR`` state (loaded); the release's hold the state of
+        its ``LinearWarmupCosineAnnealingLR`` saved *before* that epoch's step, which we do
+        not load. Either way the learning rate is then set from the closed form of the
+        current flags — the same number the uninterrupted run computes, and the new
+        schedule when a resume changes ``--max_epochs``/``--warmup_epochs``.
+        """
         if self.scheduler is None:
             return
-        if isinstance(state, Mapping) and "lr_lambdas" in state and state.get("last_epoch") == self.start_epoch:
+        if isinstance(state, Mapping) and "lr_lambdas" in state:
             self.scheduler.load_state_dict(dict(state))
-            return
-        # the release's checkpoints hold a LinearWarmupCosineAnnealingLR state saved before its step:
-        # put the schedule at the epoch to run instead (closed form)
+        else:
+            logger.info("%s holds no schedule of ours: learning rate set for epoch %d from the flags", path,
+                        self.start_epoch)
         self.scheduler.last_epoch = self.start_epoch
         for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * factor(self.start_epoch)
-        logger.info("%s: learning-rate schedule set to epoch %d from its closed form", path, self.start_epoch)
 
     # ----------------------------------------------------------------- preemption
 

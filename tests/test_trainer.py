@@ -321,3 +321,34 @@ def test_signal_handlers_set_the_stop_flag_and_are_restored():
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_release_checkpoint_resumes_at_the_next_epoch_with_the_closed_form_rate(tmp_path):
+    """The release saved its own scheduler's state before stepping it: the rate comes from the flags."""
+    model = tiny_model()
+    path = str(tmp_path / "model_latest.pt")
+    release_scheduler = {"warmup_epochs": 50, "max_epochs": 5000, "warmup_start_lr": 0.0, "eta_min": 0.0,
+                         "base_lrs": [1e-4], "last_epoch": 9}
+    save_checkpoint({"epoch": 9, "best_acc": 0.7, "epoch_acc": 0.6, "model_state_dict": model.state_dict(),
+                     "scheduler_state_dict": release_scheduler}, path)
+    trainer = tr.build_trainer(make_args(), tiny_model(seed=1), torch.device("cpu"))
+    trainer.restore(path)
+    assert trainer.start_epoch == 10 and trainer.best_acc == pytest.approx(0.7)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 10 / 49)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_amp_steps_on_cuda():
+    args = parse_args(["--data_dir", "unused", "--debugging", "--device", "cuda", *TINY, "--adv_training_mode",
+                       "--freq_reg_mode", "--attack_name", "vafa-3d", "--steps", "2", "--block_size", "8", "8", "8",
+                       "--lrschedule", "constant", "--optim_lr", "1e-3"])
+    val = [{k: v.cuda() for k, v in fixed_batch(batch=1).items()}]
+    trainer = tr.build_trainer(args, tiny_model(), torch.device("cuda"), val_loader=val)
+    assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
+    assert trainer.scaler.is_enabled() == (trainer.amp_dtype == torch.float16)
+    batch = {k: v.cuda() for k, v in fixed_batch().items()}
+    terms = [trainer.train_step(batch) for _ in range(3)]
+    assert all(math.isfinite(v) for t in terms for v in t.values())
+    assert set(terms[0]) == {"loss", "loss_clean", "loss_adv", "loss_freq"}
+    assert 0.0 <= trainer.validate(0)["val_dice"] <= 1.0
