@@ -403,3 +403,27 @@ def check_case(image, label, num_classes: int, name: str) -> None:
             f"(classes 0..{num_classes - 1}); "
             f"set --out_channels to at least {int(high) + 1} or fix the labels"
         )
+
+
+def check_files(item: dict) -> None:
+    """Refuse a datalist entry whose image and label files hold different voxel grids.
+
+    Reads the NIfTI headers only. Run before the transforms: resampling and the
+    foreground crop would otherwise silently bring a mismatched label onto the image grid.
+
+    Raises:
+        UserError: the spatial shapes of the two files differ, or a file cannot be read.
+    """
+    import nibabel as nib
+
+    shapes = []
+    for key in KEYS:
+        try:
+            shapes.append(tuple(nib.load(item[key]).shape[:3]))
+        except Exception as err:  # nibabel raises several types for unreadable files
+            raise UserError(f"cannot read {key} file {item[key]}: {err}") from None
+    if shapes[0] != shapes[1]:
+        raise UserError(
+            f"case {os.path.basename(str(item['image']))}: image shape {shapes[0]} and label shape {shapes[1]} "
+            f"({os.path.basename(str(item['label']))}) differ; image and label files must cover the same voxel grid"
+        )

@@ -239,7 +239,7 @@ class CaseEvaluator:
         """Evaluate ``items`` (datalist entries); returns ``{case name: metrics}`` for this process."""
         from monai.data import Dataset
 
-        from utils.data import build_transforms, check_case
+        from utils.data import build_transforms, check_case, check_files
 
         results: dict[str, dict] = {}
         todo = []
@@ -251,6 +251,7 @@ class CaseEvaluator:
             if done is not None:
                 results[case_name(item)] = done
             else:
+                check_files(item)
                 todo.append((index, item))
         if results:
             logger.info("resuming: %d finished case(s) skipped, %d to do", len(results), len(todo))
@@ -267,8 +268,9 @@ class CaseEvaluator:
             name = case_name(item)
             bar.set_postfix_str(name)
             started = time.perf_counter()
-            image = data["image"].unsqueeze(0).to(self.device)  # [1, C, H, W, D]
-            label = data["label"].unsqueeze(0).to(self.device)  # [1, 1, H, W, D]
+            # plain tensors: MetaTensor's per-op bookkeeping costs more than the model on small volumes
+            image = _plain(data["image"]).unsqueeze(0).to(self.device)  # [1, C, H, W, D]
+            label = _plain(data["label"]).unsqueeze(0).to(self.device)  # [1, 1, H, W, D]
             check_case(image[0], label[0], self.args.out_channels, name)
             affine = getattr(data["image"], "affine", None)
             affine = np.eye(4) if affine is None else np.asarray(affine.cpu() if torch.is_tensor(affine) else affine)
@@ -318,6 +320,10 @@ class CaseEvaluator:
         save_nifti(os.path.join(root, f"labels{tag}Clean", lbl_name),
                    labels.astype(np.uint8 if labels.max() < 256 else np.int16), affine)
         save_nifti(os.path.join(root, f"images{tag}Adv", f"adv_{name}"), volume_to_array(adv[0, 0], dtype), affine)
+
+
+def _plain(tensor) -> torch.Tensor:
+    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else torch.as_tensor(tensor)
 
 
 def _nan(value):
