@@ -342,7 +342,7 @@ class Trainer:
         model: the network (not wrapped); it is moved to ``device`` and, in a process
             group of several ranks, wrapped in ``DistributedDataParallel`` (``self.model``;
             ``self.module`` is always the bare network). ``--norm_name batch`` becomes
-            ``SyncBatchNorm`` there.
+            ``SyncBatchNorm`` there on CUDA.
         device: where the model and batches live.
         train_loader: batches of ``{"image": [B,C,H,W,D], "label": [B,1,H,W,D]}``.
         val_loader: whole validation volumes, one per batch.
@@ -485,6 +485,7 @@ class Trainer:
                 raise _Interrupted
         if count == 0:
             raise UserError("the training loader yielded no batch; check the 'training' list of --json_list")
+        self.optimizer.zero_grad(set_to_none=True)  # free the last step's gradients before validation
         return {name: dist_utils.all_reduce_mean(total / count, self.device) for name, total in sums.items()}
 
     def seed_epoch(self, epoch: int) -> None:
@@ -520,6 +521,8 @@ class Trainer:
         from utils.evaluation import attack_volume
         from utils.metrics import class_mean, dice_per_class
 
+        if self.val_loader is None:
+            return {}
         args = self.args
         roi = (args.roi_x, args.roi_y, args.roi_z)
         indices = self.val_indices if self.val_indices is not None else range(10**9)
@@ -725,6 +728,7 @@ class Trainer:
                 new_best = False
                 if (epoch + 1) % args.val_every == 0:
                     val = self.validate(epoch)
+                if val:
                     self.last_acc = val["val_dice"]
                     if val["val_dice"] > self.best_acc:
                         self.best_acc, new_best = val["val_dice"], True
