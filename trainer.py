@@ -229,8 +229,10 @@ def build_train_loader(args: argparse.Namespace, rank: int = 0, world: int = 1):
     augmented reproducibly per epoch (:class:`EpochSampler`)."""
     from monai.data import DataLoader
 
-    from utils.data import build_dataset
+    from utils.data import build_dataset, check_files, load_datalist
 
+    for item in load_datalist(args.data_dir, args.json_list, "training"):
+        check_files(item)  # image and label on one voxel grid, before resampling could hide a mismatch
     dataset = build_dataset(args, "training", "train")
     sampler = EpochSampler(len(dataset), seed=args.seed, shuffle=True, rank=rank, world=world)
     return DataLoader(
@@ -249,10 +251,12 @@ def build_val_loader(args: argparse.Namespace, rank: int = 0, world: int = 1):
     Returns:
         ``(loader, indices)``: whole volumes one at a time, and their positions in the split.
     """
-    from utils.data import build_loader, load_datalist
+    from utils.data import build_loader, check_files, load_datalist
 
-    n = len(load_datalist(args.data_dir, args.json_list, "validation"))
-    indices = list(range(rank, n, world))
+    items = load_datalist(args.data_dir, args.json_list, "validation")
+    indices = list(range(rank, len(items), world))
+    for index in indices:
+        check_files(items[index])
     return build_loader(args, "validation", "eval", sampler=indices, shuffle=False), indices
 
 
