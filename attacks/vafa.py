@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 from typing import Optional, Sequence
@@ -138,10 +139,13 @@ class VAFA(Attack):
         # Everything stays in the [B, C, H, W, D] layout: the tables hold one entry per
         # voxel (its block's coefficient at that position) and the clean coefficients,
         # which do not depend on q, are transformed once per call.
-        coeffs = block_dct(images * 255 - 128, self.transform_block)  # [B, C, H, W, D]
+        # The transforms run in the input dtype even under a caller's autocast (half
+        # precision would wreck the quantisation); only the model follows autocast.
+        with _autocast_off(device):
+            coeffs = block_dct(images * 255 - 128, self.transform_block)  # [B, C, H, W, D]
+            ssim_to_clean = BlockSSIM(images, self.block_size) if self.use_ssim_loss and self.is_3d else None
         q_start = self.q_max if self.q_init == "max" else 1.0
         q = torch.full_like(coeffs, q_start).clamp_(self.q_min, self.q_max)  # [B, C, H, W, D]
-        ssim_to_clean = BlockSSIM(images, self.block_size) if self.use_ssim_loss and self.is_3d else None
         # alpha stays a float32 tensor and accumulates in float32, as in the reference.
         alpha = torch.tensor(ALPHA_START, dtype=torch.float32, device=device)
         alpha_step = torch.tensor((ALPHA_END - ALPHA_START) / self.steps, dtype=torch.float32, device=device)
@@ -149,12 +153,14 @@ class VAFA(Attack):
         self.success_rate = []
         for step in range(self.steps):
             q.requires_grad_(True)
-            restored = block_idct(dequantize(quantize(coeffs, q, alpha), q), self.transform_block) + 128
-            adv = normalize_slices(restored)  # [B, C, H, W, D]
+            with _autocast_off(device):
+                restored = block_idct(dequantize(quantize(coeffs, q, alpha), q), self.transform_block) + 128
+                adv = normalize_slices(restored)  # [B, C, H, W, D]
             logits = self.model(adv)  # [B, N, H, W, D]
             loss = -self.objective(logits, labels)
             if ssim_to_clean is not None:
-                loss = loss + 1 - ssim_to_clean(adv)
+                with _autocast_off(device):
+                    loss = loss + 1 - ssim_to_clean(adv)
             (grad,) = torch.autograd.grad(loss, q)
             q = torch.clamp(q.detach() - torch.sign(grad), self.q_min, self.q_max)
             alpha += alpha_step
@@ -178,6 +184,14 @@ class VAFA(Attack):
             f"steps={self.steps}, block_size={self.block_size}, use_ssim_loss={self.use_ssim_loss}, "
             f"targeted={self.targeted})"
         )
+
+
+def _autocast_off(device: torch.device):
+    """Context that disables autocast on ``device`` (a no-op where autocast does not exist)."""
+    is_available = getattr(torch.amp, "is_autocast_available", None)
+    if is_available is not None and not is_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
 
 
 def _block_size(block_size: Sequence[int]) -> tuple:

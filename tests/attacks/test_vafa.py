@@ -211,6 +211,16 @@ def test_targeted_vafa_moves_towards_target():
     assert losses[1] < losses[0]
 
 
+def test_transforms_ignore_a_callers_autocast():
+    images, labels = make_batch((1, 1, 16, 16, 16))
+    attack = VAFA(make_model(), build_dice_ce(), steps=1, block_size=(8, 8, 8), use_ssim_loss=True)
+    expected = attack(images, labels)  # one step: built from the initial tables, whatever the model computes
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attack(images, labels)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
 def test_2d_ignores_ssim_with_one_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="attacks.vafa"):
         attack = VAFA(make_model(), build_dice_ce(), steps=1, block_size=(8, 8), use_ssim_loss=True)
