@@ -4,12 +4,19 @@
 the random start plus one forward+backward and update; for VAFA it is the one-off
 block DCT of the clean image, one quantise/inverse-DCT/normalise, forward+backward
 (to the q-tables, through the model), the SSIM term where enabled and the update.
-Cases are timed interleaved (``for rep: for case: time one call``) in one process
-so that load changes hit all cases alike; the table gives the median.
+Cases are timed interleaved (``for rep: for case: time one call``, the case
+order reversed on every other rep) in one process so that load changes hit all
+cases alike; the table gives the median and the minimum.
+
+With ``--overhead`` the same cases are also timed with a trivial model (one 1x1x1
+convolution): the difference to PGD there is the attack's own cost (transforms,
+SSIM, normalisation, their backward), independent of the network, which gives a
+second, less noisy estimate of the ratio on a shared machine:
+``(t_pgd + extra) / t_pgd``.
 
 Examples::
 
-    python benchmarks/bench_attacks.py --reps 3                 # paper's UNETR, [2,1,96,96,96], CPU
+    python benchmarks/bench_attacks.py --reps 3 --overhead      # paper's UNETR, [2,1,96,96,96], CPU
     python benchmarks/bench_attacks.py --small                  # quick run with a small UNETR
     python benchmarks/bench_attacks.py --device cuda --reps 10
 """
@@ -34,7 +41,7 @@ from utils.losses import build_dice_ce  # noqa: E402
 
 N_CLASSES = 14
 
-# name -> (constructor kwargs, smallest block side the input must be divisible by)
+# name -> what to build: PGD, or VAFA with these keyword arguments (steps=1 added)
 CASES: Dict[str, dict] = {
     "pgd": dict(kind="pgd"),
     "vafa-3d-8-ssim": dict(kind="vafa", block_size=(8, 8, 8), use_ssim_loss=True),
@@ -55,6 +62,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions per case first (default 1)")
     parser.add_argument("--small", action="store_true", help="small UNETR (feature 8, hidden 96, mlp 192, 4 heads) for quick runs")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--overhead", action="store_true", help="also time each case with a trivial model to isolate the attack's own cost")
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=sorted(CASES), help="cases to time; pgd is the baseline")
     args = parser.parse_args(argv)
     if "pgd" not in args.cases:
@@ -100,6 +108,33 @@ def fits(name: str, size: Sequence[int]) -> bool:
     return block is None or all(s % b == 0 for s, b in zip(size, block))
 
 
+class TrivialModel(torch.nn.Module):
+    """One 1x1x1 convolution to ``N_CLASSES`` logits: the attack's own cost dominates."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, N_CLASSES, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def time_cases(attacks: Dict[str, Callable], images, labels, reps: int, warmup: int, sync, label: str) -> Dict[str, List[float]]:
+    """Interleaved wall-clock times of one call per case and rep (order reversed on odd reps)."""
+    names = list(attacks)
+    times: Dict[str, List[float]] = {c: [] for c in names}
+    for rep in range(warmup + reps):
+        for c in names if rep % 2 == 0 else names[::-1]:
+            sync()
+            start = time.perf_counter()
+            attacks[c](images, labels)
+            sync()
+            if rep >= warmup:
+                times[c].append(time.perf_counter() - start)
+        print(f"{label}: rep {rep + 1}/{warmup + reps} done", file=sys.stderr, flush=True)
+    return times
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -115,31 +150,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     cases = [c for c in args.cases if fits(c, args.size)]
     skipped = [c for c in args.cases if c not in cases]
-    attacks = {c: build_case(c, model, loss_fn) for c in cases}
-    times: Dict[str, List[float]] = {c: [] for c in cases}
-    for rep in range(args.warmup + args.reps):
-        for c in cases:
-            sync()
-            start = time.perf_counter()
-            attacks[c](images, labels)
-            sync()
-            if rep >= args.warmup:
-                times[c].append(time.perf_counter() - start)
-        print(f"rep {rep + 1}/{args.warmup + args.reps} done", file=sys.stderr, flush=True)
+    times = time_cases({c: build_case(c, model, loss_fn) for c in cases}, images, labels, args.reps, args.warmup, sync, "model")
+    extra = None
+    if args.overhead:
+        trivial = TrivialModel().to(device).eval()
+        extra = time_cases({c: build_case(c, trivial, loss_fn) for c in cases}, images, labels, args.reps, args.warmup, sync, "trivial model")
 
     model_desc = "small UNETR (feature 8, hidden 96)" if args.small else "UNETR (paper: feature 16, hidden 768, 12 heads)"
     print(f"device: {device_name(device)} ({device.type}); torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"model: {model_desc}; input [{args.batch}, 1, {', '.join(map(str, args.size))}]; "
-          f"{args.reps} timed reps after {args.warmup} warm-up, interleaved; PGD step includes its random start")
+          f"{args.reps} timed reps after {args.warmup} warm-up, interleaved; one step = a call with steps=1 "
+          f"(PGD with its random start, VAFA with its one-off DCT of the clean image)")
     if skipped:
         print(f"skipped (size not divisible by the block): {', '.join(skipped)}")
     print()
-    base = statistics.median(times["pgd"])
-    print("| case | median s / step | min s | ratio to PGD step |")
-    print("|---|---|---|---|")
+    base, base_min = statistics.median(times["pgd"]), min(times["pgd"])
+    header = "| case | median s / step | min s / step | ratio to PGD (median) | ratio to PGD (min) |"
+    rule = "|---|---|---|---|---|"
+    if extra is not None:
+        header += " attack's own cost, s (trivial model, vs PGD) | ratio from own cost |"
+        rule += "---|---|"
+    print(header)
+    print(rule)
     for c in cases:
-        med = statistics.median(times[c])
-        print(f"| {c} | {med:.3f} | {min(times[c]):.3f} | {med / base:.3f} |")
+        med, low = statistics.median(times[c]), min(times[c])
+        row = f"| {c} | {med:.3f} | {low:.3f} | {med / base:.3f} | {low / base_min:.3f} |"
+        if extra is not None:
+            own = statistics.median(extra[c]) - statistics.median(extra["pgd"])
+            row += f" {own:+.3f} | {(base + own) / base:.3f} |"
+        print(row)
     return 0
 
 
