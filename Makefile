@@ -25,3 +25,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py --out demo_output
