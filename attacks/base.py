@@ -124,7 +124,7 @@ def predict(logits: torch.Tensor) -> torch.Tensor:
 def fooled_fraction(pred: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
     """Fraction of voxels where ``pred != labels`` (``==`` when targeted), a 0-dim tensor."""
     hit = pred == labels if targeted else pred != labels
-    return hit.float().mean()
+    return hit.sum() / hit.numel()  # counts in int64: exact, and no float copy of the mask
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:

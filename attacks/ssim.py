@@ -49,6 +49,10 @@ class BlockSSIM:
     rounding: SSIM is averaged over the windows inside each block, clipped at 0
     when ``nonnegative``, then averaged over blocks (and leading dims).
 
+    The reference's statistics are computed once here; each call filters three
+    maps of ``y`` and has a hand-written backward (a few products and the
+    transposed filters), so the term stays cheap next to a network's step.
+
     Args:
         reference: ``[..., H, W, D]`` (3D blocks) or ``[..., H, W]`` (2D blocks) in
             ``[0, data_range]``; treated as a constant.
@@ -81,39 +85,82 @@ class BlockSSIM:
         self.nonnegative = nonnegative
         self.c1 = (k1 * data_range) ** 2
         self.c2 = (k2 * data_range) ** 2
-        x = reference.detach()
+        x = reference.detach().contiguous()
         window = gaussian_window(win_size, win_sigma).to(device=x.device, dtype=x.dtype)
         self.filters = [valid_filter_matrix(b, window) for b in self.block_size]
+        self.windows = tuple(b if f is None else f.shape[0] for b, f in zip(self.block_size, self.filters))
         self.shape = x.shape
-        self.mu_x = self._filter(x)  # [..., n1 o1, n2 o2(, n3 o3)]
-        self.luminance_den = self.mu_x * self.mu_x + self.c1
-        self.contrast_den = self._filter(x * x) - self.mu_x * self.mu_x + self.c2
-        self.reference = x
+        self.twice_x = 2 * x
+        mu_x = self.filter(x)  # [..., n1 o1, n2 o2(, n3 o3)]
+        self.twice_mu_x = 2 * mu_x
+        self.luminance_den = mu_x * mu_x + self.c1  # mu_x^2 + c1
+        self.contrast_den = (self.filter(x * x) - mu_x * mu_x) + self.c2  # sigma_x^2 + c2
 
-    def _filter(self, x: torch.Tensor) -> torch.Tensor:
+    def filter(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian 'valid' filter inside every block: ``[..., n_j b_j] -> [..., n_j o_j]``."""
         return blockwise_matmul(x, self.filters, self.block_size)
+
+    def filter_transposed(self, x: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`filter`: ``[..., n_j o_j] -> [..., n_j b_j]``."""
+        return blockwise_matmul(x, [None if f is None else f.t() for f in self.filters], self.windows)
+
+    def block_view(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., n1 o1, n2 o2(, n3 o3)] -> [..., n1, o1, n2, o2(, n3, o3)]`` (a view)."""
+        k = len(self.block_size)
+        grid = [s // b for s, b in zip(self.shape[-k:], self.block_size)]
+        return x.reshape(*x.shape[:-k], *[d for n, o in zip(grid, self.windows) for d in (n, o)])
+
+    def window_dims(self, lead: int) -> list:
+        """Window axes of :meth:`block_view` for ``lead`` leading dims."""
+        return [lead + 2 * j + 1 for j in range(len(self.block_size))]
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         """Mean block SSIM of ``y`` (same shape as the reference) as a 0-dim tensor, differentiable in ``y``."""
         if y.shape != self.shape:
             raise ValueError(f"expected shape {tuple(self.shape)} (the reference's), got {tuple(y.shape)}")
-        mu_y = self._filter(y)
-        e_yy = self._filter(y * y)
-        e_xy = self._filter(self.reference * y)
-        mu_yy = mu_y * mu_y
-        mu_xy = self.mu_x * mu_y
-        luminance = (2 * mu_xy + self.c1) / (self.luminance_den + mu_yy)
-        contrast = (2 * (e_xy - mu_xy) + self.c2) / (self.contrast_den + (e_yy - mu_yy))
-        ssim_map = luminance * contrast  # [..., n1 o1, n2 o2(, n3 o3)]
-        k = len(self.block_size)
-        lead = ssim_map.shape[:-k]
-        grid = [s // b for s, b in zip(self.shape[-k:], self.block_size)]
-        windows = [s // n for s, n in zip(ssim_map.shape[-k:], grid)]
-        per_window = ssim_map.reshape(*lead, *[d for n, o in zip(grid, windows) for d in (n, o)])  # [..., n1, o1, ...]
-        per_block = per_window.mean(dim=[len(lead) + 2 * j + 1 for j in range(k)])  # [..., n1, n2(, n3)]
-        if self.nonnegative:
+        return _BlockSSIMFunction.apply(y, self)
+
+
+class _BlockSSIMFunction(torch.autograd.Function):
+    """SSIM map ``S = a1 a2 / (d1 d2)`` with ``a1 = 2 mu_x mu_y + c1``, ``d1 = mu_x^2 + mu_y^2 + c1``,
+    ``a2 = 2 (E[xy] - mu_x mu_y) + c2``, ``d2 = sigma_x^2 + E[y^2] - mu_y^2 + c2``, and its gradient."""
+
+    @staticmethod
+    def forward(ctx, y, ssim):
+        y = y.contiguous()
+        mu_y = ssim.filter(y)
+        twice_mu_xy = ssim.twice_mu_x * mu_y
+        a1 = twice_mu_xy + ssim.c1
+        d1 = torch.addcmul(ssim.luminance_den, mu_y, mu_y)
+        a2 = ssim.filter(ssim.twice_x * y).sub_(twice_mu_xy).add_(ssim.c2)
+        d2 = torch.addcmul(ssim.filter(y * y).add_(ssim.contrast_den), mu_y, mu_y, value=-1)
+        ssim_map = (a1 * a2).div_(d1 * d2)  # [..., n1 o1, n2 o2(, n3 o3)]
+        lead = y.ndim - len(ssim.block_size)
+        per_block = ssim.block_view(ssim_map).mean(dim=ssim.window_dims(lead), keepdim=True)  # [..., n1, 1, n2, 1(, n3, 1)]
+        if ssim.nonnegative:
             per_block = torch.relu(per_block)
+        ctx.ssim = ssim
+        ctx.save_for_backward(y, mu_y, a1, a2, d1, d2, ssim_map, per_block)
         return per_block.mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        ssim = ctx.ssim
+        y, mu_y, a1, a2, d1, d2, ssim_map, per_block = ctx.saved_tensors
+        # d(result)/dS per window: 1 / (windows per block * blocks), 0 in blocks clipped by the relu.
+        weight = grad / (ssim_map.numel())  # every block has the same number of windows
+        if ssim.nonnegative:
+            weight = weight * (per_block > 0)
+        weighted = ssim.block_view(ssim_map) * weight  # [..., n1, o1, n2, o2(, n3, o3)]
+        weighted = weighted.reshape(ssim_map.shape)  # w S
+        grad_e_xy2 = weighted / a2  # dS/d(2 E[xy]) = S / a2
+        minus_grad_e_yy = weighted / d2  # dS/dE[y^2] = -S / d2
+        grad_mu_y = (weighted / a1).sub_(grad_e_xy2).mul_(ssim.twice_mu_x)  # 2 mu_x (S/a1 - S/a2)
+        grad_mu_y.addcmul_(mu_y, minus_grad_e_yy - weighted / d1, value=2)  # + 2 mu_y (S/d2 - S/d1)
+        grad_y = ssim.filter_transposed(grad_mu_y)
+        grad_y.addcmul_(y, ssim.filter_transposed(minus_grad_e_yy), value=-2)  # d E[y^2] / dy = 2 y F^T
+        grad_y.addcmul_(ssim.twice_x, ssim.filter_transposed(grad_e_xy2))  # d(2 E[xy]) / dy = 2 x F^T
+        return grad_y, None
 
 
 def block_ssim(x: torch.Tensor, y: torch.Tensor, block_size: Sequence[int], **kwargs) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from .base import Attack, LossFn, fooled_fraction, predict
-from .frequency import block_dct, block_idct, dequantize, normalize_slices, quantize, split_blocks
+from .frequency import block_dct, block_idct, normalize_slices, quantize_dequantize, split_blocks
 from .ssim import BlockSSIM
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class VAFA(Attack):
         for step in range(self.steps):
             q.requires_grad_(True)
             with _autocast_off(device):
-                restored = block_idct(dequantize(quantize(coeffs, q, alpha), q), self.transform_block) + 128
+                restored = block_idct(quantize_dequantize(coeffs, q, alpha), self.transform_block) + 128
                 adv = normalize_slices(restored)  # [B, C, H, W, D]
             logits = self.model(adv)  # [B, N, H, W, D]
             loss = -self.objective(logits, labels)
@@ -162,7 +162,7 @@ class VAFA(Attack):
                 with _autocast_off(device):
                     loss = loss + 1 - ssim_to_clean(adv)
             (grad,) = torch.autograd.grad(loss, q)
-            q = torch.clamp(q.detach() - torch.sign(grad), self.q_min, self.q_max)
+            q = q.detach().sub_(grad.sign_()).clamp_(self.q_min, self.q_max)  # the graph is gone: update in place
             alpha += alpha_step
 
             pred = predict(logits.detach())  # [B, 1, H, W, D]

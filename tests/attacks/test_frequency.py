@@ -20,9 +20,10 @@ from attacks.frequency import (
     normalize_slices,
     phi_diff,
     quantize,
+    quantize_dequantize,
     split_blocks,
 )
-from attacks.ssim import block_ssim
+from attacks.ssim import BlockSSIM, block_ssim
 
 SHAPES = [(4, 4), (8, 8), (5, 12), (32, 48), (96, 96), (4, 4, 4), (8, 8, 8), (16, 8, 4), (6, 10, 12), (96, 8, 4)]
 
@@ -201,3 +202,26 @@ def test_block_ssim_errors():
         block_ssim(torch.zeros(8, 8), torch.zeros(8, 4), (4, 4))
     with pytest.raises(ValueError, match="win_size must be odd, got 4"):
         block_ssim(torch.zeros(8, 8), torch.zeros(8, 8), (4, 4), win_size=4)
+
+
+def test_quantize_dequantize_matches_the_two_steps_and_passes_gradcheck():
+    gen = torch.Generator().manual_seed(0)
+    coeffs = (torch.rand(4, 8, generator=gen, dtype=torch.float64) - 0.5) * 400
+    q = torch.randint(5, 21, (4, 8), generator=gen).double()
+    alpha = torch.tensor(0.07, dtype=torch.float32)
+    assert torch.equal(quantize_dequantize(coeffs, q, alpha), dequantize(quantize(coeffs, q, alpha), q))
+    coeffs.requires_grad_(True)
+    q.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda c, t: quantize_dequantize(c, t, 0.07), (coeffs, q))
+
+
+@pytest.mark.parametrize("nonnegative", [True, False])
+@pytest.mark.parametrize("shape, block", [((1, 2, 8, 8, 6), (4, 4, 3)), ((2, 6, 8), (3, 4)), ((1, 8, 4, 4), (4, 2, 4))], ids=str)
+def test_block_ssim_gradient_passes_gradcheck(shape, block, nonnegative):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(shape, generator=gen, dtype=torch.float64)
+    y = (x + 0.5 * torch.rand(shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    y[..., : block[-2], : block[-1]] = 1 - y[..., : block[-2], : block[-1]]  # a block clipped by the relu
+    y.requires_grad_(True)
+    ssim = BlockSSIM(x, block, nonnegative=nonnegative)
+    assert torch.autograd.gradcheck(ssim, (y,))
