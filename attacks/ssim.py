@@ -93,8 +93,9 @@ class BlockSSIM:
         self.twice_x = 2 * x
         mu_x = self.filter(x)  # [..., n1 o1, n2 o2(, n3 o3)]
         self.twice_mu_x = 2 * mu_x
-        self.luminance_den = mu_x * mu_x + self.c1  # mu_x^2 + c1
-        self.contrast_den = (self.filter(x * x) - mu_x * mu_x) + self.c2  # sigma_x^2 + c2
+        mu_xx = mu_x * mu_x
+        self.luminance_den = mu_xx + self.c1  # mu_x^2 + c1
+        self.contrast_den = (self.filter(x * x) - mu_xx).add_(self.c2)  # sigma_x^2 + c2
 
     def filter(self, x: torch.Tensor) -> torch.Tensor:
         """Gaussian 'valid' filter inside every block: ``[..., n_j b_j] -> [..., n_j o_j]``."""
