@@ -3,20 +3,26 @@
 One place reads the launcher's environment:
 
 - ``torchrun``: ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``;
-- SLURM (``srun``): ``SLURM_PROCID``, ``SLURM_LOCALID``, ``SLURM_NTASKS``, master address
-  from the first host of ``SLURM_JOB_NODELIST`` (port ``MASTER_PORT`` or 29500);
+- SLURM (``srun``): ``SLURM_PROCID``, ``SLURM_LOCALID``, ``SLURM_STEP_NUM_TASKS`` (or
+  ``SLURM_NTASKS``), master address ``MASTER_ADDR`` or the first host of the step's node
+  list (``SLURM_STEP_NODELIST``, ``SLURM_JOB_NODELIST``), port ``MASTER_PORT`` or 29500;
 - neither, with ``--distributed``: the release's launch, one process per visible GPU
-  spawned with ``torch.multiprocessing`` (``--dist-url``, ``--world_size`` nodes, ``--rank``).
+  spawned with ``torch.multiprocessing`` (``--dist-url``, ``--world_size`` nodes, ``--rank``);
+  without a GPU that is an error naming ``torchrun --nproc_per_node N``.
 
-NCCL on GPU, gloo on CPU; each rank on its own device.
+NCCL on GPU, gloo on CPU; each rank on its own device. Entry points join with
+:func:`process_group` (or :func:`init_from_args`) and leave with :func:`cleanup`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Mapping
 
 import torch
 import torch.distributed as dist
@@ -37,41 +43,86 @@ class DistEnv:
 
 
 def first_slurm_host(nodelist: str) -> str:
-    """First host name of a SLURM node list such as ``gpu[012-015,020],cpu7`` -> ``gpu012``."""
-    nodelist = nodelist.strip()
-    match = re.match(r"^([^,\[]+)(\[([^\]]+)\])?", nodelist)
-    if not match:
+    """First host name of a SLURM node list (the rendezvous host of an ``srun`` step).
+
+    Examples: ``gpu[012-015,020],cpu7`` -> ``gpu012``; ``nodeA,nodeB`` -> ``nodeA``;
+    ``rack[1-2]-n[07-08]`` -> ``rack1-n07`` (zero padding kept, one bracket per level).
+
+    Raises:
+        ValueError: an empty list or unbalanced brackets.
+    """
+    text = nodelist.strip()
+    host, depth = [], 0
+    for char in text:  # the first host expression ends at the first comma outside brackets
+        if char == "," and depth == 0:
+            break
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                break
+        host.append(char)
+    first = "".join(host)
+    if not first or depth != 0 or first.startswith("["):
         raise ValueError(f"cannot read a host name from SLURM node list {nodelist!r}")
-    prefix, _, ranges = match.groups()
-    if not ranges:
-        return prefix
-    first = ranges.split(",")[0].split("-")[0]
-    return f"{prefix}{first}"
+    # each bracket group [a-b,c,...] stands for its first value: a
+    return re.sub(r"\[([^\]]*)\]", lambda m: m.group(1).split(",")[0].split("-")[0].strip(), first)
 
 
-def read_launcher_env(environ: dict | None = None) -> DistEnv | None:
-    """The launcher's view of this process, or ``None`` when no launcher set several processes."""
+def _env_int(env, name: str, default: int | None = None) -> int:
+    value = env.get(name)
+    if value is None or value == "":
+        if default is None:
+            raise ValueError(f"launcher variable {name} is not set")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"launcher variable {name}={value!r} is not an integer") from None
+
+
+def read_launcher_env(environ: Mapping[str, str] | None = None) -> DistEnv | None:
+    """The launcher's view of this process, or ``None`` when no launcher set several processes.
+
+    ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set) wins over SLURM, so ``torchrun`` inside an
+    ``srun`` step works. A SLURM step counts as a launch with more than one task
+    (``SLURM_STEP_NUM_TASKS``, else ``SLURM_NTASKS``); the master address is ``MASTER_ADDR``
+    or the first host of ``SLURM_STEP_NODELIST`` / ``SLURM_JOB_NODELIST`` / ``SLURM_NODELIST``
+    (the node of the step's task 0), the port ``MASTER_PORT`` or 29500.
+
+    Raises:
+        ValueError: a variable that is not an integer, or a rank outside ``[0, world size)``.
+    """
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return DistEnv(
-            rank=int(env["RANK"]),
-            local_rank=int(env.get("LOCAL_RANK", 0)),
-            world_size=int(env["WORLD_SIZE"]),
-            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=int(env.get("MASTER_PORT", 29500)),
+        found = DistEnv(
+            rank=_env_int(env, "RANK"),
+            local_rank=_env_int(env, "LOCAL_RANK", 0),
+            world_size=_env_int(env, "WORLD_SIZE"),
+            master_addr=env.get("MASTER_ADDR") or "127.0.0.1",
+            master_port=_env_int(env, "MASTER_PORT", 29500),
             launcher="torchrun",
         )
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
-        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
-        return DistEnv(
-            rank=int(env["SLURM_PROCID"]),
-            local_rank=int(env.get("SLURM_LOCALID", 0)),
-            world_size=int(env["SLURM_NTASKS"]),
+    elif "SLURM_PROCID" in env:
+        tasks = _env_int(env, "SLURM_STEP_NUM_TASKS", _env_int(env, "SLURM_NTASKS", 1))
+        if tasks <= 1:
+            return None
+        nodelist = (env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+                    or env.get("SLURM_NODELIST") or "127.0.0.1")
+        found = DistEnv(
+            rank=_env_int(env, "SLURM_PROCID"),
+            local_rank=_env_int(env, "SLURM_LOCALID", 0),
+            world_size=tasks,
             master_addr=env.get("MASTER_ADDR") or first_slurm_host(nodelist),
-            master_port=int(env.get("MASTER_PORT", 29500)),
+            master_port=_env_int(env, "MASTER_PORT", 29500),
             launcher="slurm",
         )
-    return None
+    else:
+        return None
+    if not 0 <= found.rank < found.world_size:
+        raise ValueError(f"{found.launcher} gave rank {found.rank} outside a world of {found.world_size} processes")
+    return found
 
 
 def device_for(local_rank: int, requested: str | None) -> torch.device:
@@ -85,14 +136,27 @@ def device_for(local_rank: int, requested: str | None) -> torch.device:
     return torch.device("cpu")
 
 
+#: How long a rank waits for the others where the work per rank is uneven (the merge of
+#: sharded cases: a rank with one case more waits a whole case). The default group keeps
+#: PyTorch's timeouts (10 min NCCL, 30 min gloo), so a hang in training still fails fast.
+GATHER_TIMEOUT = timedelta(hours=24)
+
+_gather_group = None  # gloo group with GATHER_TIMEOUT, made with the default group
+
+
 def init_process_group(env: DistEnv, requested_device: str | None = None, backend: str | None = None) -> torch.device:
-    """Join the process group described by ``env``; returns this rank's device."""
+    """Join the process group described by ``env``; returns this rank's device.
+
+    Also makes a gloo group with :data:`GATHER_TIMEOUT` for :func:`gather_cases`.
+    """
+    global _gather_group
     device = device_for(env.local_rank, requested_device)
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", env.master_addr)
         os.environ.setdefault("MASTER_PORT", str(env.master_port))
         dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+        _gather_group = dist.new_group(backend="gloo", timeout=GATHER_TIMEOUT)
     logger.info("rank %d/%d (%s, local rank %d) on %s with %s", env.rank, env.world_size, env.launcher,
                 env.local_rank, device, backend)
     return device
@@ -105,10 +169,111 @@ def init_from_args(args) -> torch.device | None:
     """
     if dist.is_available() and dist.is_initialized():
         return device_for(int(os.environ.get("LOCAL_RANK", 0)), getattr(args, "device", None))
-    env = read_launcher_env()
+    env = _launcher_env()
     if env is None or env.world_size <= 1:
         return None
     return init_process_group(env, getattr(args, "device", None), getattr(args, "dist_backend", None))
+
+
+@contextlib.contextmanager
+def process_group(args):
+    """``with process_group(args) as device:`` join the launcher's group (``device`` is
+    ``None`` in one process) and leave it at the end, when it was joined here."""
+    joined_here = not is_dist()
+    try:
+        yield init_from_args(args)
+    finally:
+        if joined_here:
+            cleanup()
+
+
+# --------------------------------------------------------------------------- the release's --distributed
+
+
+def _launcher_env() -> DistEnv | None:
+    """:func:`read_launcher_env` of this process; a malformed launcher variable is a ``UserError``."""
+    from utils.errors import UserError
+
+    try:
+        return read_launcher_env()
+    except ValueError as err:
+        raise UserError(f"cannot join the process group: {err}") from None
+
+
+def launched() -> bool:
+    """Whether a launcher (torchrun, srun) started this process, or a group is already joined."""
+    return is_dist() or _launcher_env() is not None
+
+
+def needs_spawn(args) -> bool:
+    """``--distributed`` without a launcher: the release's one-process-per-GPU launch."""
+    return bool(getattr(args, "distributed", False)) and not launched()
+
+
+def spawn_gpus(args, prog: str) -> int:
+    """GPUs :func:`spawn_script` starts a process for.
+
+    Raises:
+        UserError: no GPU in use (none visible, or ``--device cpu``): the release's launch
+            is GPU only; the message names ``torchrun --nproc_per_node N`` for CPU runs.
+    """
+    from utils.errors import UserError
+
+    gpus = torch.cuda.device_count()
+    requested = getattr(args, "device", None)
+    if gpus == 0 or (requested is not None and torch.device(requested).type == "cpu"):
+        raise UserError(f"--distributed without a launcher starts one process per GPU, but no GPU is in use here; "
+                        f"on CPU start the processes with torchrun --nproc_per_node N {prog} ... (gloo backend), "
+                        "or drop --distributed")
+    return gpus
+
+
+def spawn_script(fn, args, prog: str) -> None:
+    """Run ``fn(args)`` in one spawned process per local GPU (:func:`spawn_local`).
+
+    SIGTERM/SIGUSR1 sent to this parent are passed on to the children (a training rank
+    then stops after its batch). A child that stops on a ``UserError`` prints it as one
+    line and exits with status 2, which comes back here as a ``UserError``.
+    """
+    import functools
+    import signal
+
+    import torch.multiprocessing as mp
+
+    from utils.errors import EXIT_USER_ERROR, UserError
+
+    nprocs = spawn_gpus(args, prog)
+    signals = [s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None]
+    previous = {s: signal.signal(s, _forward_signal) for s in signals}
+    try:
+        spawn_local(functools.partial(_script_worker, fn, prog), args, nprocs=nprocs)
+    except mp.ProcessExitedException as err:
+        if err.exit_code == EXIT_USER_ERROR:
+            raise UserError("a spawned process stopped on the error above") from None
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _script_worker(fn, prog: str, args) -> None:
+    import sys
+
+    from utils.errors import EXIT_USER_ERROR, UserError
+
+    try:
+        fn(args)
+    except UserError as err:
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _forward_signal(signum, frame) -> None:  # noqa: ARG001 - signal API
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signum)
 
 
 def spawn_local(fn, args, nprocs: int) -> None:
@@ -116,6 +281,7 @@ def spawn_local(fn, args, nprocs: int) -> None:
 
     Sets the torchrun variables for each child, so the rest of the code sees one kind
     of launch. ``--world_size`` counts nodes and ``--rank`` is this node's index.
+    Each child leaves the process group when ``fn`` returns.
     """
     import torch.multiprocessing as mp
 
@@ -128,7 +294,10 @@ def _spawned(local_rank: int, fn, args, nprocs: int, host: str, port: int) -> No
         RANK=str(args.rank * nprocs + local_rank), LOCAL_RANK=str(local_rank),
         WORLD_SIZE=str(args.world_size * nprocs), MASTER_ADDR=host, MASTER_PORT=str(port),
     )
-    fn(args)
+    try:
+        fn(args)
+    finally:
+        cleanup()
 
 
 def _parse_dist_url(url: str) -> tuple[str, int]:
@@ -136,6 +305,9 @@ def _parse_dist_url(url: str) -> tuple[str, int]:
     if not match:
         raise ValueError(f"--dist-url must look like tcp://HOST:PORT, got {url!r}")
     return match.group(1), int(match.group(2))
+
+
+# --------------------------------------------------------------------------- what ranks share
 
 
 def is_dist() -> bool:
@@ -168,23 +340,31 @@ def all_reduce_mean(value: float, device: torch.device | None = None) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
-def all_gather_objects(obj) -> list:
+def all_gather_objects(obj, group=None) -> list:
     """Every rank's ``obj`` on every rank (``[obj]`` in one process)."""
     if not is_dist():
         return [obj]
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
+    gathered: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, obj, group=group)
     return gathered
 
 
-def gather_cases(results: dict, run_dir: str | None = None) -> dict:
-    """Merge every rank's ``{case: metrics}`` on all ranks (a no-op in one process)."""
+def gather_cases(results: dict, run_dir: str | None = None) -> dict:  # noqa: ARG001 - kept for callers
+    """Merge every rank's ``{case: metrics}`` on all ranks (a no-op in one process).
+
+    Ranks reach this point when their own cases are done, which can be far apart (an
+    uneven split, cases of different sizes): the exchange goes through the gloo group
+    with :data:`GATHER_TIMEOUT`, not the default group's 10/30-minute timeout.
+    """
     merged: dict = {}
-    for part in all_gather_objects(results):
+    for part in all_gather_objects(results, group=_gather_group if is_dist() else None):
         merged.update(part or {})
     return merged
 
 
 def cleanup() -> None:
+    """Leave the process group (every group of this process); a no-op outside one."""
+    global _gather_group
     if is_dist():
         dist.destroy_process_group()
+    _gather_group = None
