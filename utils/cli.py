@@ -256,7 +256,11 @@ def setup_logging(log_file: str | None = None, verbose: bool = False) -> None:
             root.removeHandler(handler)
             handler.close()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    from utils.distributed import rank_and_world
+
+    rank, world = rank_and_world()
+    tag = f" [rank {rank}/{world}]" if world > 1 else ""  # several processes share one console
+    fmt = logging.Formatter(f"%(asctime)s{tag} %(levelname)s %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
@@ -268,7 +272,11 @@ def setup_logging(log_file: str | None = None, verbose: bool = False) -> None:
 
 
 def run_cli(main_fn, args: argparse.Namespace, prog: str) -> int:
-    """Run a script body, turning ``UserError`` into one line on stderr and exit status 2."""
+    """Run a script body, turning ``UserError`` into one line on stderr and exit status 2.
+
+    The process group, if the body joined one, is left in every case (``destroy_process_group``).
+    """
+    from utils import distributed as dist_utils
     from utils.errors import EXIT_USER_ERROR
 
     try:
@@ -279,6 +287,8 @@ def run_cli(main_fn, args: argparse.Namespace, prog: str) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130
+    finally:
+        dist_utils.cleanup()
     return 0
 
 

@@ -377,8 +377,11 @@ def finish_run(args: argparse.Namespace, run_dir: str | None, results: dict[str,
     overall = summarise(per_case, evaluator.class_names) if per_case else {"n_cases": 0}
     from utils.io import to_jsonable
 
+    # processes and CPU threads: float reductions (hence PGD's gradient signs) depend on the
+    # thread count, so runs compare voxel for voxel only at equal threads (torchrun: 1)
     report = {"overall": overall, "per_case": per_case, "args": to_jsonable(vars(args)),
-              "timing": {"seconds": round(elapsed, 2)}}
+              "timing": {"seconds": round(elapsed, 2), "processes": dist_utils.rank_and_world()[1],
+                         "torch_threads": torch.get_num_threads()}}
     if run_dir is not None:
         write_json(os.path.join(run_dir, "results.json"), report)
         write_csv(os.path.join(run_dir, "per_case.csv"), case_rows(per_case))
@@ -412,10 +415,11 @@ def _eval_items(args: argparse.Namespace) -> tuple[str, list[dict]]:
     return split, items
 
 
-def _start(args: argparse.Namespace, run_dir: str | None) -> torch.device:
+def _start(args: argparse.Namespace, run_dir: str | None, device: torch.device | None) -> torch.device:
+    """Logging and the run folder, once this process is in its group (``device`` from
+    :func:`utils.distributed.process_group`; ``None`` in one process: ``--device``)."""
     from utils.cli import resolve_device, setup_logging
 
-    device = dist_utils.init_from_args(args)
     if device is None:
         device = resolve_device(args.device)
     log_file = os.path.join(run_dir, "log.out") if run_dir and dist_utils.is_main_process() else None
@@ -426,7 +430,21 @@ def _start(args: argparse.Namespace, run_dir: str | None) -> torch.device:
 
 
 def run_generation(args: argparse.Namespace) -> dict:
-    """Attack every case of the split, report clean vs adversarial metrics, save volumes."""
+    """Attack every case of the split, report clean vs adversarial metrics, save volumes.
+
+    One process, or one rank of a ``torchrun``/``srun`` launch (cases sharded by index,
+    rank 0 merges the report); ``--distributed`` without a launcher spawns one process per
+    GPU (:func:`utils.distributed.spawn_script`). Returns the report on rank 0, ``{}``
+    elsewhere and in the parent of spawned processes.
+    """
+    if dist_utils.needs_spawn(args):
+        dist_utils.spawn_script(run_generation, args, "generate_adv_samples.py")
+        return {}
+    with dist_utils.process_group(args) as device:
+        return _run_generation(args, device)
+
+
+def _run_generation(args: argparse.Namespace, device: torch.device | None) -> dict:
     from utils.cli import adv_subdir_name, attack_summary, build_attack_from_args
     from utils.losses import build_dice_ce
 
@@ -436,7 +454,7 @@ def run_generation(args: argparse.Namespace) -> dict:
     if run_dir is not None:
         run_dir = os.path.normpath(run_dir)
     split, items = _eval_items(args)
-    device = _start(args, run_dir)
+    device = _start(args, run_dir, device)
     logger.info("generating adversarial %s cases under %s", split, attack_summary(args))
     model = load_trained_model(args, device)
     attack = build_attack_from_args(args, model, build_dice_ce())
@@ -465,7 +483,18 @@ def adv_images_folder(args: argparse.Namespace) -> str:
 
 
 def run_inference(args: argparse.Namespace) -> dict:
-    """Evaluate a model on clean volumes vs adversarial volumes saved by a generation run."""
+    """Evaluate a model on clean volumes vs adversarial volumes saved by a generation run.
+
+    Launches as :func:`run_generation` does (sharded cases, ``--distributed`` spawn).
+    """
+    if dist_utils.needs_spawn(args):
+        dist_utils.spawn_script(run_inference, args, "inference_on_saved_adv_samples.py")
+        return {}
+    with dist_utils.process_group(args) as device:
+        return _run_inference(args, device)
+
+
+def _run_inference(args: argparse.Namespace, device: torch.device | None) -> dict:
     from utils.cli import attack_summary
 
     started = time.perf_counter()
@@ -474,7 +503,7 @@ def run_inference(args: argparse.Namespace) -> dict:
     tag = "Tr" if split == "training" else "Ts"
     stem = os.path.splitext(os.path.basename(args.pretrained_path))[0]
     run_dir = None if args.debugging else os.path.normpath(args.results_dir or os.path.join(folder, "inference", stem))
-    device = _start(args, run_dir)
+    device = _start(args, run_dir, device)
     logger.info("evaluating %s on saved adversarial volumes in %s", args.pretrained_path, folder)
     model = load_trained_model(args, device)
 
