@@ -44,7 +44,6 @@ import os
 import platform
 import random
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ import torch
 import torch.nn as nn
 
 from utils import distributed as dist_utils
-from utils.errors import EXIT_USER_ERROR, UserError
+from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -772,6 +771,8 @@ class Trainer:
 
     def _log_stop(self, epoch: int, result: TrainingResult) -> None:
         result.preempted, result.stop_signal = True, self.stop_signal
+        if not self.is_main:  # every rank stops; rank 0 says so once
+            return
         done = epoch - 1
         saved = self.run_dir is not None and self.args.save_checkpoint and done >= 0
         if saved:
@@ -897,16 +898,13 @@ def _log_header(args: argparse.Namespace, trainer_cls: type, run_dir: Optional[s
 
 def _train_process(args: argparse.Namespace) -> TrainingResult:
     """One process of a run (the only one, or one rank)."""
-    import torch.distributed as dist
-
     from networks import build_model_from_args
     from networks.checkpoint import load_model_weights
     from utils.cli import resolve_device, setup_logging
     from utils.io import to_jsonable, write_json
 
-    joined_here = not (dist.is_available() and dist.is_initialized())
-    device = dist_utils.init_from_args(args) or resolve_device(args.device)
-    try:
+    with dist_utils.process_group(args) as device:
+        device = device or resolve_device(args.device)
         rank, world = dist_utils.rank_and_world()
         run_dir, checkpoint = run_folder(args)
         _check_folders(args, run_dir, checkpoint)
@@ -940,27 +938,6 @@ def _train_process(args: argparse.Namespace) -> TrainingResult:
         if checkpoint is not None:
             trainer.restore(checkpoint, restart=args.resume_but_restart)
         return trainer.fit()
-    finally:
-        if joined_here:
-            dist_utils.cleanup()
-
-
-def _spawned_worker(args: argparse.Namespace) -> None:
-    """Body of a process started by ``utils.distributed.spawn_local``."""
-    try:
-        _train_process(args)
-    except UserError as err:
-        sys.stderr.write(f"run_normal_or_adv_training.py: error: {err}\n")
-        sys.exit(EXIT_USER_ERROR)
-
-
-def _forward_signal(signum, frame) -> None:  # noqa: ARG001 - signal API
-    """Parent of spawned ranks: pass SIGTERM/SIGUSR1 on to them, so they stop after their batch."""
-    import multiprocessing
-
-    for child in multiprocessing.active_children():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signum)
 
 
 def run_training(args: argparse.Namespace) -> TrainingResult:
@@ -976,27 +953,11 @@ def run_training(args: argparse.Namespace) -> TrainingResult:
         UserError: bad input (missing files, a checkpoint of another architecture, a run
             folder that already holds checkpoints, ``--distributed`` without GPUs ...).
     """
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    launched = dist_utils.read_launcher_env() is not None or (dist.is_available() and dist.is_initialized())
-    if not (args.distributed and not launched):
+    if not dist_utils.needs_spawn(args):
         return _train_process(args)
-    gpus = torch.cuda.device_count()
-    if gpus == 0 or (args.device is not None and torch.device(args.device).type == "cpu"):
-        raise UserError("--distributed without a launcher starts one process per GPU, but no GPU is in use here; "
-                        "on CPU start the processes with torchrun --nproc_per_node N run_normal_or_adv_training.py ... "
-                        "(gloo backend), or drop --distributed")
+    prog = "run_normal_or_adv_training.py"
+    dist_utils.spawn_gpus(args, prog)  # no GPU: one clear error before anything else
     run_dir, checkpoint = run_folder(args)
     _check_folders(args, run_dir, checkpoint)
-    previous = {s: signal.signal(s, _forward_signal) for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s}
-    try:
-        dist_utils.spawn_local(_spawned_worker, args, nprocs=gpus)
-    except mp.ProcessExitedException as err:
-        if err.exit_code == EXIT_USER_ERROR:
-            raise UserError("a training process stopped on the error above") from None
-        raise
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    dist_utils.spawn_script(_train_process, args, prog)  # SIGTERM/SIGUSR1 reach the ranks
     return TrainingResult(run_dir=run_dir)
