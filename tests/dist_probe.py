@@ -1,0 +1,18 @@
+"""Body of the processes ``tests/test_distributed.py`` spawns: light imports only, so the
+children start fast (``mp.spawn`` imports the module of the function it runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from utils import distributed as dist_utils
+
+
+def spawned_probe(args) -> None:
+    """Join the group the spawn's variables describe, merge one entry per rank, record what was seen."""
+    device = dist_utils.init_from_args(args)
+    rank, world = dist_utils.rank_and_world()
+    merged = dist_utils.gather_cases({rank: os.environ["LOCAL_RANK"]})
+    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
+        json.dump({"world": world, "device": str(device), "merged": merged}, f)
