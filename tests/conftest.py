@@ -89,3 +89,15 @@ def tiny_dataset(tmp_path_factory) -> TinyDataset:
 def data_args(tiny_dataset) -> argparse.Namespace:
     """Fresh data-flag namespace for the tiny dataset (safe to modify)."""
     return tiny_dataset.args()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module: several times faster on a shared CPU, and
+    bit-reproducible (sums in one fixed order)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,13 +22,7 @@ TINY = ["--feature_size", "8", "--hidden_size", "48", "--mlp_dim", "96", "--num_
         "--roi_x", "16", "--roi_y", "16", "--roi_z", "16", "--out_channels", str(CLASSES)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: faster on a shared CPU and bit-reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_args(*extra: str):

@@ -429,6 +429,15 @@ def _start(args: argparse.Namespace, run_dir: str | None, device: torch.device |
     return device
 
 
+def _launch(entry, job, args: argparse.Namespace, script: str) -> dict:
+    """Run ``job(args, device)`` in this process's group, or spawn ``entry`` once per GPU."""
+    if dist_utils.needs_spawn(args):
+        dist_utils.spawn_script(entry, args, script)
+        return {}
+    with dist_utils.process_group(args) as device:
+        return job(args, device)
+
+
 def run_generation(args: argparse.Namespace) -> dict:
     """Attack every case of the split, report clean vs adversarial metrics, save volumes.
 
@@ -437,11 +446,7 @@ def run_generation(args: argparse.Namespace) -> dict:
     GPU (:func:`utils.distributed.spawn_script`). Returns the report on rank 0, ``{}``
     elsewhere and in the parent of spawned processes.
     """
-    if dist_utils.needs_spawn(args):
-        dist_utils.spawn_script(run_generation, args, "generate_adv_samples.py")
-        return {}
-    with dist_utils.process_group(args) as device:
-        return _run_generation(args, device)
+    return _launch(run_generation, _run_generation, args, "generate_adv_samples.py")
 
 
 def _run_generation(args: argparse.Namespace, device: torch.device | None) -> dict:
@@ -487,11 +492,7 @@ def run_inference(args: argparse.Namespace) -> dict:
 
     Launches as :func:`run_generation` does (sharded cases, ``--distributed`` spawn).
     """
-    if dist_utils.needs_spawn(args):
-        dist_utils.spawn_script(run_inference, args, "inference_on_saved_adv_samples.py")
-        return {}
-    with dist_utils.process_group(args) as device:
-        return _run_inference(args, device)
+    return _launch(run_inference, _run_inference, args, "inference_on_saved_adv_samples.py")
 
 
 def _run_inference(args: argparse.Namespace, device: torch.device | None) -> dict:

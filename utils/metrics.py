@@ -39,6 +39,8 @@ import torch.nn as nn
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from pytorch_msssim import ssim as _ms_ssim
 
+from utils.labels import CLASS_NAMES  # noqa: F401  (re-exported)
+
 __all__ = [
     "ALEXNET_WEIGHTS_FILE",
     "CLASS_NAMES",
@@ -59,25 +61,6 @@ logger = logging.getLogger(__name__)
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
-CLASS_NAMES: dict[str, list[str]] = {
-    "btcv": [
-        "background",
-        "spleen",
-        "right kidney",
-        "left kidney",
-        "gallbladder",
-        "esophagus",
-        "liver",
-        "stomach",
-        "aorta",
-        "IVC",
-        "portal and splenic veins",
-        "pancreas",
-        "right adrenal",
-        "left adrenal",
-    ],
-    "acdc": ["background", "RV", "myocardium", "LV"],
-}
 """Class names by ``--dataset``, indexed by label value."""
 
 

@@ -53,6 +53,7 @@ import numpy as np
 from scipy import ndimage
 
 from utils.errors import EXIT_USER_ERROR, UserError
+from utils.labels import CLASS_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -67,22 +68,7 @@ __all__ = [
 ]
 
 #: Synapse label map (DESIGN §2), index = label value.
-LABEL_NAMES = (
-    "background",
-    "spleen",
-    "right kidney",
-    "left kidney",
-    "gallbladder",
-    "esophagus",
-    "liver",
-    "stomach",
-    "aorta",
-    "inferior vena cava",
-    "portal and splenic veins",
-    "pancreas",
-    "right adrenal gland",
-    "left adrenal gland",
-)
+LABEL_NAMES = tuple(CLASS_NAMES["btcv"])
 
 DEFAULT_SHAPE = (96, 96, 64)
 DEFAULT_SPACING = (0.8, 0.8, 2.5)
