@@ -16,6 +16,7 @@ import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "dct_matrix",
@@ -321,6 +322,7 @@ class _QuantizeDequantize(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         slope, d_q = ctx.saved_tensors
         grad_coeffs = grad * slope if ctx.needs_input_grad[0] else None

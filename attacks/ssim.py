@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .frequency import blockwise_matmul
 
@@ -145,6 +146,7 @@ class _BlockSSIMFunction(torch.autograd.Function):
         return per_block.mean()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         ssim = ctx.ssim
         y, mu_y, a1, a2, d1, d2, ssim_map, per_block = ctx.saved_tensors
