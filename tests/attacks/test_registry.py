@@ -6,7 +6,7 @@ import torch
 from attacks import ATTACKS, Attack, attack_options, build_attack
 from utils.losses import build_dice_ce
 
-from .conftest import make_batch, make_model
+from .tiny import make_batch, make_model
 
 CONFIGS = {
     "vafa-3d": dict(steps=2, block_size=(8, 8, 8), use_ssim_loss=True),

@@ -12,7 +12,7 @@ from pytorch_msssim import ssim
 from attacks import VAFA
 from utils.losses import build_dice_ce
 
-from .conftest import make_batch, make_model
+from .tiny import make_batch, make_model
 
 
 # --------------------------------------------------------------------------- independent reference

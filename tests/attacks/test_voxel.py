@@ -6,7 +6,7 @@ import torch
 from attacks import BIM, FGSM, PGD, GaussianNoise
 from utils.losses import build_dice_ce
 
-from .conftest import make_batch, make_model
+from .tiny import make_batch, make_model
 
 EPS = 4 / 255
 

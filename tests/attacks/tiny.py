@@ -1,10 +1,7 @@
 """Tiny models and volumes shared by the attack tests (CPU, seconds)."""
 
-import pytest
 import torch
 import torch.nn as nn
-
-from utils.losses import build_dice_ce
 
 N_CLASSES = 3
 
@@ -27,28 +24,14 @@ class CountingModel(nn.Module):
 
 
 def make_model(in_channels: int = 1, dtype=torch.float32, seed: int = 0) -> CountingModel:
+    """A freshly seeded :class:`CountingModel` in ``dtype``."""
     torch.manual_seed(seed)
     return CountingModel(in_channels).to(dtype)
 
 
 def make_batch(shape=(2, 1, 16, 16, 16), dtype=torch.float32, seed: int = 1):
-    """Smooth-ish random images in [0, 1] and random labels ``[B, 1, H, W, D]``."""
+    """Uniform random images in [0, 1] ``shape`` and random labels ``[B, 1, H, W, D]``, reproducible."""
     gen = torch.Generator().manual_seed(seed)
     images = torch.rand(shape, generator=gen, dtype=dtype)
     labels = torch.randint(0, N_CLASSES, (shape[0], 1, *shape[2:]), generator=gen).to(dtype)
     return images, labels
-
-
-@pytest.fixture
-def model():
-    return make_model()
-
-
-@pytest.fixture
-def loss_fn():
-    return build_dice_ce()
-
-
-@pytest.fixture
-def batch():
-    return make_batch()
