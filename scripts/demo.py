@@ -45,7 +45,7 @@ def run(script, argv: list[str]) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_output", help="folder for data, model and results")
-    parser.add_argument("--epochs", type=int, default=40, help="training epochs")
+    parser.add_argument("--epochs", type=int, default=100, help="training epochs")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading workers")
     args = parser.parse_args(argv)
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     else:
         run(run_normal_or_adv_training, MODEL + data + runtime + [
             "--save_checkpoint", "--save_model_dir", model_dir, "--max_epochs", str(args.epochs),
-            "--val_every", str(max(1, args.epochs // 4)), "--batch_size", "1", "--optim_lr", "2e-3",
+            "--val_every", str(max(1, args.epochs // 4)), "--batch_size", "1", "--optim_lr", "4e-3",
             "--lrschedule", "constant", "--infer_overlap", "0.25", "--seed", "0"])
 
     print(f"\n== 3/3 attack the validation cases -> {adv_dir}", flush=True)
