@@ -95,7 +95,7 @@ def add_attack_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--target_class", default=0, type=int, help="class every voxel is pushed to under --targeted (0 = background)")
     g.add_argument("--q_max", default=20, type=float, help="VAFA: upper bound of the quantisation tables")
     g.add_argument("--q_min", default=5, type=float, help="VAFA: lower bound of the quantisation tables (release: 5)")
-    g.add_argument("--q_init", default="max", choices=("max", "one"), help="VAFA: start tables at q_max (release) or 1 (paper's Algorithm 1)")
+    g.add_argument("--q_init", default="max", choices=("max", "one"), help="VAFA: start tables at q_max (release) or 1 (paper's Algorithm 1: pair with --q_min 1, the start is clipped to [q_min, q_max])")
     g.add_argument("--use_ssim_loss", action="store_true", help="VAFA-3D: add the block-wise SSIM term")
     g.add_argument("--block_size", default=[8, 8, 8], type=int, nargs="+", help="VAFA DCT block: 3 sides (vafa-3d) or 2 (vafa-2d)")
     g.add_argument("--attack_batch_size", default=6, type=int, help="ROI tiles attacked together (release: 6)")
