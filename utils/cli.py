@@ -197,9 +197,7 @@ def attack_config(args: argparse.Namespace) -> dict:
             use_ssim_loss=args.use_ssim_loss,
             targeted=args.targeted,
         )
-    if name == "pgd":
-        return dict(eps=args.eps / 255.0, alpha=args.alpha, steps=args.steps, targeted=args.targeted)
-    if name == "bim":
+    if name in ("pgd", "bim"):
         return dict(eps=args.eps / 255.0, alpha=args.alpha, steps=args.steps, targeted=args.targeted)
     if name == "fgsm":
         return dict(eps=args.eps / 255.0, targeted=args.targeted)

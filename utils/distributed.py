@@ -349,7 +349,7 @@ def all_gather_objects(obj, group=None) -> list:
     return gathered
 
 
-def gather_cases(results: dict, run_dir: str | None = None) -> dict:  # noqa: ARG001 - kept for callers
+def gather_cases(results: dict) -> dict:
     """Merge every rank's ``{case: metrics}`` on all ranks (a no-op in one process).
 
     Ranks reach this point when their own cases are done, which can be far apart (an

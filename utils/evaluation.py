@@ -369,7 +369,7 @@ def seed_everything(seed: int) -> None:
 def finish_run(args: argparse.Namespace, run_dir: str | None, results: dict[str, dict], evaluator: CaseEvaluator,
                items: list[dict], title: str, elapsed: float) -> dict:
     """Gather every process's cases, write ``results.json`` / ``per_case.csv``, print the summary."""
-    per_case = dist_utils.gather_cases(results, run_dir)
+    per_case = dist_utils.gather_cases(results)
     if not dist_utils.is_main_process():
         return {}
     order = [case_name(item) for item in items if case_name(item) in per_case]
