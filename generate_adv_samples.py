@@ -28,7 +28,7 @@ def check_args(args, parser):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from utils.evaluation import run_generation
+    from engine.evaluation import run_generation
 
     return cli.run_cli(run_generation, args, "generate_adv_samples.py")
 

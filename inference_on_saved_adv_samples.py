@@ -23,7 +23,7 @@ def check_args(args, parser):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from utils.evaluation import run_inference
+    from engine.evaluation import run_inference
 
     return cli.run_cli(run_inference, args, "inference_on_saved_adv_samples.py")
 

@@ -151,7 +151,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class EpochSampler(torch.utils.data.Sampler):
+class EpochSampler(torch.data.loading.Sampler):
     """Per-epoch shuffle, sharded across processes; yields ``(sample_seed, index)`` keys.
 
     The order of epoch ``e`` is a permutation drawn from ``derive_seed(seed, e)`` (the
@@ -196,7 +196,7 @@ class EpochSampler(torch.utils.data.Sampler):
             yield derive_seed(self.seed, self.epoch, index), index
 
 
-class EpochSeededDataset(torch.utils.data.Dataset):
+class EpochSeededDataset(torch.data.loading.Dataset):
     """Wraps a MONAI dataset: ``ds[(seed, index)]`` seeds its random transforms, then loads ``index``."""
 
     def __init__(self, dataset):
@@ -217,7 +217,7 @@ def crops_per_volume() -> int:
     """ROI crops ``RandCropByPosNegLabeld`` takes from each training volume (4, as the release)."""
     import inspect
 
-    from utils.data import get_transforms
+    from data.loading import get_transforms
 
     return int(inspect.signature(get_transforms).parameters["num_samples"].default)
 
@@ -228,7 +228,7 @@ def build_train_loader(args: argparse.Namespace, rank: int = 0, world: int = 1):
     augmented reproducibly per epoch (:class:`EpochSampler`)."""
     from monai.data import DataLoader
 
-    from utils.data import build_dataset, check_files, load_datalist
+    from data.loading import build_dataset, check_files, load_datalist
 
     for item in load_datalist(args.data_dir, args.json_list, "training"):
         check_files(item)  # image and label on one voxel grid, before resampling could hide a mismatch
@@ -250,7 +250,7 @@ def build_val_loader(args: argparse.Namespace, rank: int = 0, world: int = 1):
     Returns:
         ``(loader, indices)``: whole volumes one at a time, and their positions in the split.
     """
-    from utils.data import build_loader, check_files, load_datalist
+    from data.loading import build_loader, check_files, load_datalist
 
     items = load_datalist(args.data_dir, args.json_list, "validation")
     indices = list(range(rank, len(items), world))
@@ -341,7 +341,7 @@ class Trainer:
     :meth:`save`.
 
     Args:
-        args: the training script's namespace (``utils.cli.parse_training_args``).
+        args: the training script's namespace (``engine.cli.parse_training_args``).
         model: the network (not wrapped); it is moved to ``device`` and, in a process
             group of several ranks, wrapped in ``DistributedDataParallel`` (``self.model``;
             ``self.module`` is always the bare network). ``--norm_name batch`` becomes
@@ -359,7 +359,7 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, model: nn.Module, device: torch.device, *,
                  train_loader: Optional[Iterable] = None, val_loader: Optional[Iterable] = None,
                  val_indices: Optional[Sequence[int]] = None, run_dir: Optional[str] = None):
-        from utils.losses import build_dice_ce
+        from engine.losses import build_dice_ce
 
         self.args = args
         self.device = torch.device(device)
@@ -403,7 +403,7 @@ class Trainer:
     def attack(self):
         """The configured attack, run on the bare network (no DDP hooks during its gradients)."""
         if self._attack is None:
-            from utils.cli import build_attack_from_args
+            from engine.cli import build_attack_from_args
 
             self._attack = build_attack_from_args(self.args, self.module, self.loss_fn)
         return self._attack
@@ -415,7 +415,7 @@ class Trainer:
 
     def unpack(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images [B,C,H,W,D], labels [B,1,H,W,D])`` as plain tensors on the device."""
-        from utils.data import check_case
+        from data.loading import check_case
 
         if isinstance(batch, Mapping):
             images, labels = batch["image"], batch["label"]
@@ -521,7 +521,7 @@ class Trainer:
         """
         from tqdm.auto import tqdm
 
-        from utils.evaluation import attack_volume
+        from engine.evaluation import attack_volume
         from utils.metrics import class_mean, dice_per_class
 
         if self.val_loader is None:
@@ -799,7 +799,7 @@ class AdversarialTrainer(Trainer):
 class VAFTTrainer(AdversarialTrainer):
     """VAFT: ``DiceCE(M(X), Y) + DiceCE(M(X'), Y) + w * L_fr(M(X), M(X'))``.
 
-    ``L_fr`` is ``utils.losses.frequency_consistency_loss`` with ``--freq_reg_norm``
+    ``L_fr`` is ``engine.losses.frequency_consistency_loss`` with ``--freq_reg_norm``
     (``relative``: the release's ``sum|DCT(clean) - DCT(adv)| / sum|DCT(clean)|`` over the
     whole batch, clean logits not detached), ``w = --freq_reg_weight`` (release: 1).
     """
@@ -807,7 +807,7 @@ class VAFTTrainer(AdversarialTrainer):
     mode = "VAFT (adversarial training with frequency regularisation)"
 
     def train_step(self, batch) -> dict[str, float]:
-        from utils.losses import frequency_consistency_loss
+        from engine.losses import frequency_consistency_loss
 
         images, labels = self.unpack(batch)
         adv = self.adversarial(images, labels)
@@ -846,13 +846,13 @@ def run_folder(args: argparse.Namespace) -> tuple[Optional[str], Optional[str]]:
     """``(run folder, checkpoint to resume)`` from the flags (the release's layout).
 
     The run folder is ``--save_model_dir`` itself for normal training and
-    ``--save_model_dir/<attack sub-folder>`` (``utils.cli.adv_subdir_name``) for adversarial
+    ``--save_model_dir/<attack sub-folder>`` (``engine.cli.adv_subdir_name``) for adversarial
     training, unless ``--no_sub_dir_model``. ``--resume`` reads ``model_latest.pt`` /
     ``model_best.pt`` from the same sub-folder of ``--checkpoint_dir`` and continues writing
     there; ``--resume_but_restart`` starts a new run in ``--save_model_dir``. ``None`` for
     the folder with ``--debugging``.
     """
-    from utils.cli import adv_subdir_name
+    from engine.cli import adv_subdir_name
 
     sub = adv_subdir_name(args) if args.adv_training_mode and not args.no_sub_dir_model else ""
     checkpoint = None
@@ -880,7 +880,7 @@ def _check_folders(args: argparse.Namespace, run_dir: Optional[str], checkpoint:
 
 
 def _log_header(args: argparse.Namespace, trainer_cls: type, run_dir: Optional[str], device, world: int) -> None:
-    from utils.cli import attack_summary
+    from engine.cli import attack_summary
 
     logger.info("%s of %s on %s (%d process%s)%s", trainer_cls.mode, args.model_name, device, world,
                 "es" if world > 1 else "", f", experiment {args.exp_name}" if args.exp_name else "")
@@ -900,7 +900,7 @@ def _train_process(args: argparse.Namespace) -> TrainingResult:
     """One process of a run (the only one, or one rank)."""
     from networks import build_model_from_args
     from networks.checkpoint import load_model_weights
-    from utils.cli import resolve_device, setup_logging
+    from engine.cli import resolve_device, setup_logging
     from utils.io import to_jsonable, write_json
 
     with dist_utils.process_group(args) as device:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+
+from utils.options import Option, constructor_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ class Attack:
     Args:
         model: segmentation network, ``[B, C, H, W, D] -> [B, N, H, W, D]`` logits.
         loss_fn: ``loss_fn(logits, labels) -> scalar``, e.g. the Dice-CE of
-            ``utils.losses.build_dice_ce``.
+            ``engine.losses.build_dice_ce``.
         targeted: when True the labels passed to the call are target labels and
             the attack lowers the loss towards them; otherwise it raises the loss
             on the true labels.
@@ -42,7 +44,20 @@ class Attack:
         success_rate: per-step fraction of voxels fooled (predicted class differs
             from the labels, or equals the target labels when targeted), filled by
             attacks that compute logits anyway; empty otherwise.
+
+    Class attributes (each registered attack sets them; the command line reads them):
+        name: registry name, the ``--attack_name`` value.
+        options: the :class:`utils.options.Option` s the constructor takes after
+            ``model`` and ``loss_fn`` (values as typed; ``scale`` converts them).
+        folder_format: ``str.format`` pattern of the run-folder name over the option
+            values as typed, plus ``block`` (block sides joined by ``x``).
+        summary_format: the same for the one-line description in logs and tables.
     """
+
+    name: ClassVar[str] = ""
+    options: ClassVar[Tuple[Option, ...]] = ()
+    folder_format: ClassVar[str] = ""
+    summary_format: ClassVar[str] = ""
 
     def __init__(self, model: nn.Module, loss_fn: Optional[LossFn], targeted: bool = False):
         self.model = model
@@ -65,7 +80,7 @@ class Attack:
             ValueError: images or labels with the wrong shape.
         """
         _check_inputs(images, labels)
-        images, labels = _plain(images), _plain(labels)
+        images, labels = _autograd_ready(images), _autograd_ready(labels)
         modes = [(module, module.training) for module in self.model.modules()] if self.model is not None else []
         if self.model is not None:
             self.model.eval()
@@ -111,6 +126,48 @@ class Attack:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(targeted={self.targeted})"
 
+    # ------------------------------------------------------------------ identity
+
+    @classmethod
+    def from_values(cls, model: Optional[nn.Module], loss_fn: Optional[LossFn], values: Mapping[str, Any]) -> "Attack":
+        """Build from option values as typed (``--eps 4``), converting each by its option.
+
+        Raises:
+            ValueError: a value the attack refuses (the message names it).
+        """
+        return cls(model, loss_fn, **constructor_kwargs(cls.options, values))
+
+    @classmethod
+    def folder_name(cls, values: Mapping[str, Any]) -> str:
+        """The run folder's name for these option values (the release's names)."""
+        return cls.folder_format.format(**_format_values(values))
+
+    @classmethod
+    def summary(cls, values: Mapping[str, Any]) -> str:
+        """One line describing the attack with these option values."""
+        return cls.summary_format.format(**_format_values(values))
+
+    def check_tile(self, tile_shape: Sequence[int]) -> None:
+        """Refuse a tile shape ``(H, W, D)`` the attack cannot work on (``ValueError``); any by default."""
+
+
+def _format_values(values: Mapping[str, Any]) -> dict:
+    out = dict(values)
+    block = values.get("block_size")
+    if block is not None:
+        out["block"] = "x".join(str(b) for b in block)
+    return out
+
+
+def attack_labels(labels: torch.Tensor, target_class: Optional[int]) -> torch.Tensor:
+    """Labels an attack is given: the true ones, or ``target_class`` everywhere when targeting.
+
+    Args:
+        labels: ``[B, 1, H, W, D]`` true labels.
+        target_class: the class a targeted attack pushes every voxel to, or ``None``.
+    """
+    return labels if target_class is None else torch.full_like(labels, target_class)
+
 
 def predict(logits: torch.Tensor) -> torch.Tensor:
     """Predicted class per voxel, ``[B, N, H, W, D] -> [B, 1, H, W, D]`` (first maximum on ties).
@@ -127,7 +184,7 @@ def fooled_fraction(pred: torch.Tensor, labels: torch.Tensor, targeted: bool) ->
     return hit.sum() / hit.numel()  # counts in int64: exact, and no float copy of the mask
 
 
-def _plain(x: torch.Tensor) -> torch.Tensor:
+def _autograd_ready(x: torch.Tensor) -> torch.Tensor:
     """Detached tensor usable by autograd (an inference-mode tensor is copied)."""
     x = x.detach()
     if x.is_inference():

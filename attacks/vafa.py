@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import operator
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 
+from utils.options import Option
+
 from .base import Attack, LossFn, fooled_fraction, predict
 from .frequency import block_dct, block_idct, normalize_slices, quantize_dequantize, split_blocks
+from .options import STEPS, TARGETED
 from .ssim import BlockSSIM
 
 logger = logging.getLogger(__name__)
@@ -19,6 +23,14 @@ logger = logging.getLogger(__name__)
 ALPHA_START = 0.1  # softness of the differentiable rounding at step 0
 ALPHA_END = 1e-20  # value alpha is annealed towards over ``steps`` steps
 Q_INITS = ("max", "one")
+
+Q_MAX = Option("q_max", float, 20, "VAFA: upper bound of the quantisation tables", minimum=0.0)
+Q_MIN = Option("q_min", float, 5, "VAFA: lower bound of the quantisation tables (release: 5)", minimum=0.0)
+Q_INIT = Option("q_init", str, "max", "VAFA: start tables at q_max (release) or 1 (paper's Algorithm 1: pair with "
+                "--q_min 1, the start is clipped to [q_min, q_max])", choices=Q_INITS)
+USE_SSIM_LOSS = Option("use_ssim_loss", bool, False, "VAFA-3D: add the block-wise SSIM term")
+BLOCK_SIZE = Option("block_size", int, [8, 8, 8], "VAFA DCT block: 3 sides (vafa-3d) or 2 (vafa-2d)", nargs="+",
+                    minimum=1)
 
 
 class VAFA(Attack):
@@ -67,6 +79,8 @@ class VAFA(Attack):
         ValueError: inconsistent arguments (message names expected and actual).
     """
 
+    options = (Q_MAX, Q_MIN, Q_INIT, STEPS, BLOCK_SIZE, USE_SSIM_LOSS, TARGETED)
+
     def __init__(
         self,
         model: nn.Module,
@@ -82,6 +96,8 @@ class VAFA(Attack):
     ):
         super().__init__(model, loss_fn, targeted)
         block_size = _block_size(block_size)
+        if not (math.isfinite(q_min) and math.isfinite(q_max)):
+            raise ValueError(f"q_min and q_max must be finite numbers, got q_min={q_min}, q_max={q_max}")
         if q_min <= 0:
             raise ValueError(f"q_min must be > 0, got {q_min}")
         if q_min > q_max:
@@ -111,6 +127,17 @@ class VAFA(Attack):
         """Block of the DCT on ``[B, C, H, W, D]``: ``(bh, bw, bd)``, or ``(bh, bw, 1)`` for per-slice 2D blocks."""
         return self.block_size if self.is_3d else (*self.block_size, 1)
 
+    def check_tile(self, tile_shape: Sequence[int]) -> None:
+        """Refuse a tile ``(H, W, D)`` the blocks do not divide (3D; 2D: ``(H, W)``).
+
+        Raises:
+            ValueError: names the shape and the block.
+        """
+        spatial = tuple(int(s) for s in tile_shape)
+        if any(s % b for s, b in zip(spatial, self.transform_block)):
+            raise ValueError(f"spatial shape {spatial} is not divisible by block_size {self.block_size}; "
+                             "choose a block that divides the ROI (--roi_x/--roi_y/--roi_z)")
+
     def _tables(self, q: torch.Tensor) -> torch.Tensor:
         """Tables kept as ``[B, C, H, W, D]`` -> ``[B, C, n_blocks, bh, bw, bd]`` or ``[B, C, D, n_blocks, bh, bw]``."""
         if self.is_3d:
@@ -130,9 +157,7 @@ class VAFA(Attack):
         Raises:
             ValueError: ``(H, W, D)`` (3D) or ``(H, W)`` (2D) not divisible by ``block_size``.
         """
-        spatial = tuple(images.shape[2:])
-        if any(s % b for s, b in zip(spatial, self.transform_block)):
-            raise ValueError(f"spatial shape {spatial} is not divisible by block_size {self.block_size}")
+        self.check_tile(images.shape[2:])
         images = images.contiguous()
         device = images.device
 
@@ -208,6 +233,11 @@ def _block_size(block_size: Sequence[int]) -> tuple:
 class VAFA3D(VAFA):
     """VAFA with 3D blocks (registry name ``vafa-3d``); ``block_size`` must have three sides."""
 
+    name = "vafa-3d"
+    folder_format = "vafa_q_max_{q_max}_i_{steps}_3d_dct_{block}_use_ssim_loss_{use_ssim_loss}"
+    summary_format = ("VAFA-3D: q_max={q_max}, q_min={q_min}, steps={steps}, block_size={block_size}, "
+                      "use_ssim_loss={use_ssim_loss}, targeted={targeted}")
+
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, block_size: Sequence[int] = (8, 8, 8), **kwargs):
         if len(tuple(block_size)) != 3:
             raise ValueError(f"vafa-3d needs a block_size with 3 sides (bh, bw, bd), got {tuple(block_size)}")
@@ -216,6 +246,10 @@ class VAFA3D(VAFA):
 
 class VAFA2D(VAFA):
     """VAFA on axial slices with 2D blocks (registry name ``vafa-2d``); ``block_size`` must have two sides."""
+
+    name = "vafa-2d"
+    folder_format = "vafa_q_max_{q_max}_i_{steps}_2d_dct_{block}"
+    summary_format = "VAFA-2D: q_max={q_max}, q_min={q_min}, steps={steps}, block_size={block_size}, targeted={targeted}"
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, block_size: Sequence[int] = (8, 8), **kwargs):
         if len(tuple(block_size)) != 2:

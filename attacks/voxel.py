@@ -6,15 +6,20 @@ gives ``--eps`` and ``--std`` on the [0, 255] scale and divides by 255.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
+
 from .base import Attack, LossFn
+from .options import ALPHA, EPS, STD, STEPS, TARGETED
 
 
 def _non_negative(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return float(value)
@@ -48,8 +53,13 @@ class PGD(Attack):
             step computes anyway; the returned image is one update past the last entry.
 
     Raises:
-        ValueError: negative ``eps`` / ``alpha`` or ``steps < 1``.
+        ValueError: negative or non-finite ``eps`` / ``alpha`` or ``steps < 1``.
     """
+
+    name = "pgd"
+    options = (STEPS, ALPHA, EPS, TARGETED)
+    folder_format = "pgd_alpha_{alpha}_eps_{eps}_i_{steps}"
+    summary_format = "PGD: alpha={alpha}, eps={eps}/255, steps={steps}, targeted={targeted}"
 
     def __init__(
         self,
@@ -102,6 +112,10 @@ class BIM(PGD):
         targeted: labels passed to the call are target labels.
     """
 
+    name = "bim"
+    folder_format = "bim_alpha_{alpha}_eps_{eps}_i_{steps}"
+    summary_format = "BIM: alpha={alpha}, eps={eps}/255, steps={steps}, targeted={targeted}"
+
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, eps: float, alpha: float, steps: int, targeted: bool = False):
         super().__init__(model, loss_fn, eps=eps, alpha=alpha, steps=steps, random_start=False, targeted=targeted)
 
@@ -122,8 +136,13 @@ class FGSM(Attack):
         success_rate: ``[fraction fooled on the clean images]``, from the one forward pass.
 
     Raises:
-        ValueError: negative ``eps``.
+        ValueError: negative or non-finite ``eps``.
     """
+
+    name = "fgsm"
+    options = (EPS, TARGETED)
+    folder_format = "fgsm_eps_{eps}"
+    summary_format = "FGSM: eps={eps}/255, targeted={targeted}"
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, eps: float, targeted: bool = False):
         super().__init__(model, loss_fn, targeted)
@@ -148,8 +167,13 @@ class GaussianNoise(Attack):
         std: noise standard deviation, >= 0.
 
     Raises:
-        ValueError: negative ``std``.
+        ValueError: negative or non-finite ``std``.
     """
+
+    name = "gn"
+    options = (STD,)
+    folder_format = "gn_std_{std}"
+    summary_format = "GN: std={std}/255"
 
     def __init__(self, model: Optional[nn.Module] = None, loss_fn: Optional[LossFn] = None, *, std: float):
         super().__init__(model, loss_fn, targeted=False)

@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attacks import PGD, VAFA  # noqa: E402
 from networks import build_model  # noqa: E402
-from utils.losses import build_dice_ce  # noqa: E402
+from engine.losses import build_dice_ce  # noqa: E402
 
 N_CLASSES = 14
 

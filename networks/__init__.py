@@ -1,23 +1,21 @@
-"""Segmentation networks and their checkpoints."""
+"""Segmentation networks: the ``--model_name`` registry, checkpoints, whole-volume prediction."""
 
-from .checkpoint import (
-    adapt_legacy_state_dict,
-    extract_state_dict,
-    load_checkpoint,
-    load_model_weights,
-    read_checkpoint,
-    save_checkpoint,
-)
-from .unetr import MODELS, build_model, build_model_from_args
+from .checkpoint import adapt_legacy_state_dict, extract_state_dict, load_model_weights, read_checkpoint, save_checkpoint
+from .inference import WindowSettings, predict_volume
+from .registry import MODELS, ModelEntry, ModelSettings, build_model, get_model_entry, model_options
 
 __all__ = [
     "MODELS",
+    "ModelEntry",
+    "ModelSettings",
+    "WindowSettings",
     "adapt_legacy_state_dict",
     "build_model",
-    "build_model_from_args",
     "extract_state_dict",
-    "load_checkpoint",
+    "get_model_entry",
     "load_model_weights",
+    "model_options",
+    "predict_volume",
     "read_checkpoint",
     "save_checkpoint",
 ]

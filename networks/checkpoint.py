@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UserError
+from utils.io import atomic_write
 
 __all__ = [
     "LEGACY_DROPPED_KEYS",
@@ -281,33 +282,11 @@ def load_model_weights(model: nn.Module, path_or_ckpt: str | os.PathLike | Mappi
     }
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, map_location: Any = "cpu") -> dict:
-    """Read a full checkpoint (for resuming) and, if ``model`` is given, load its weights.
-
-    Args:
-        path: checkpoint file.
-        model: network to fill with :func:`load_model_weights` semantics, or ``None``.
-        map_location: passed to ``torch.load``.
-
-    Returns:
-        The checkpoint dict (``epoch``, ``best_acc``, ``optimizer_state_dict`` ... as saved).
-
-    Raises:
-        UserError: as :func:`read_checkpoint` and :func:`load_model_weights`.
-    """
-    ckpt = read_checkpoint(path, map_location=map_location)
-    if model is not None:
-        load_model_weights(model, ckpt)
-    return ckpt
-
-
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
     """Write ``obj`` with ``torch.save`` atomically.
 
-    The data goes to a temporary file (``.<name>.tmp.<pid>``) in the destination folder, is flushed and fsynced,
-    then renamed over ``path`` (``os.replace``), so a crash or preemption leaves either
-    the previous file or the new one, never a truncated checkpoint. Parent folders are
-    created.
+    Through :func:`utils.io.atomic_write`: a crash or preemption leaves either the
+    previous file or the new one, never a truncated checkpoint. Parent folders are created.
 
     Args:
         obj: what to save (a checkpoint dict).
@@ -317,35 +296,5 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
         Whatever ``torch.save`` or the file system raised; the temporary file is removed
         and a previous file at ``path`` is left intact.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # same folder, so os.replace is an atomic rename; open() keeps the usual umask permissions
-    tmp_path = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    try:
-        with open(tmp_path, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.remove(tmp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make the rename durable where the OS allows opening folders (POSIX)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)

@@ -1,16 +1,30 @@
-"""Segmentation networks built from the command-line model flags."""
+"""UNETR (Hatamizadeh et al., WACV 2022) as the paper's release builds it, over MONAI's implementation."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch.nn as nn
 from monai.networks.nets import UNETR
 
-from utils.errors import UserError
+from utils.options import Option
+
+OPTIONS = (
+    Option("feature_size", int, 16, "UNETR feature size", minimum=1),
+    Option("hidden_size", int, 768, "ViT hidden size", minimum=1),
+    Option("mlp_dim", int, 3072, "ViT MLP size", minimum=1),
+    Option("num_heads", int, 12, "ViT attention heads", minimum=1),
+    Option("pos_embed", str, "perceptron", "patch embedding (MONAI proj_type)", choices=("perceptron", "conv")),
+    Option("norm_name", str, "instance", "decoder normalisation", choices=("instance", "batch")),
+    Option("dropout_rate", float, 0.0, "dropout rate", minimum=0.0),
+)
+"""The release's UNETR flags (``--feature_size`` ... ``--dropout_rate``) with its defaults."""
+
+PATCH = 16
+"""UNETR's ViT patch side: every ROI side must be a multiple of it."""
 
 
-def _build_unetr(
+def build_unetr(
     in_channels: int,
     out_channels: int,
     img_size: Sequence[int],
@@ -22,15 +36,16 @@ def _build_unetr(
     norm_name: str = "instance",
     dropout_rate: float = 0.0,
 ) -> nn.Module:
+    """MONAI ``UNETR`` with conv and residual blocks, as the release builds it.
+
+    Raises:
+        ValueError: ``hidden_size`` not divisible by ``num_heads``, or an ROI side not a
+            multiple of the patch size 16.
+    """
     if hidden_size % num_heads != 0:
-        raise UserError(
-            f"--hidden_size ({hidden_size}) must be divisible by --num_heads ({num_heads})"
-        )
-    for size in img_size:
-        if size % 16 != 0:
-            raise UserError(
-                f"UNETR needs every ROI side divisible by its patch size 16, got roi {tuple(img_size)}"
-            )
+        raise ValueError(f"--hidden_size ({hidden_size}) must be divisible by --num_heads ({num_heads})")
+    if any(size % PATCH for size in img_size):
+        raise ValueError(f"UNETR needs every ROI side divisible by its patch size {PATCH}, got roi {tuple(img_size)}")
     return UNETR(
         in_channels=in_channels,
         out_channels=out_channels,
@@ -44,39 +59,4 @@ def _build_unetr(
         conv_block=True,
         res_block=True,
         dropout_rate=dropout_rate,
-    )
-
-
-MODELS: dict[str, Callable[..., nn.Module]] = {"unet-r": _build_unetr}
-
-
-def build_model(model_name: str = "unet-r", **kwargs) -> nn.Module:
-    """Build a segmentation network by its CLI name.
-
-    Args:
-        model_name: key of ``MODELS`` (``unet-r``).
-        **kwargs: ``in_channels``, ``out_channels``, ``img_size`` and the model flags of DESIGN §2.
-
-    Raises:
-        UserError: unknown model name or inconsistent sizes.
-    """
-    if model_name not in MODELS:
-        raise UserError(f"unknown --model_name {model_name!r}; valid names: {', '.join(sorted(MODELS))}")
-    return MODELS[model_name](**kwargs)
-
-
-def build_model_from_args(args) -> nn.Module:
-    """``build_model`` from an argparse namespace carrying the model flags of ``utils.cli``."""
-    return build_model(
-        args.model_name,
-        in_channels=args.in_channels,
-        out_channels=args.out_channels,
-        img_size=(args.roi_x, args.roi_y, args.roi_z),
-        feature_size=args.feature_size,
-        hidden_size=args.hidden_size,
-        mlp_dim=args.mlp_dim,
-        num_heads=args.num_heads,
-        pos_embed=args.pos_embed,
-        norm_name=args.norm_name,
-        dropout_rate=args.dropout_rate,
     )

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The whole tool on built-in phantom data, on CPU, in a few minutes.
 
-1. writes a synthetic abdominal CT dataset in the Synapse layout (``utils.phantom``);
+1. writes a synthetic abdominal CT dataset in the Synapse layout (``data.phantom``);
 2. trains a small UNETR on it (``run_normal_or_adv_training.py``);
 3. attacks the validation cases with PGD (eps 4) and VAFA-3D (q_max 20, SSIM term on)
    (``generate_adv_samples.py``, with ``--save_figures``);
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import generate_adv_samples  # noqa: E402
 import run_normal_or_adv_training  # noqa: E402
-from utils.phantom import write_phantom_dataset  # noqa: E402
+from data.phantom import write_phantom_dataset  # noqa: E402
 
 MODEL = ["--feature_size", "8", "--hidden_size", "96", "--mlp_dim", "192", "--num_heads", "4",
          "--roi_x", "48", "--roi_y", "48", "--roi_z", "32"]
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
 
 
 def _subdir(argv: list[str]) -> str:
-    from utils.cli import adv_subdir_name
+    from engine.cli import adv_subdir_name
 
     return adv_subdir_name(generate_adv_samples.parse_args(argv))
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from utils.data import load_datalist
-from utils.phantom import write_phantom_dataset
+from data.loading import load_datalist
+from data.phantom import write_phantom_dataset
 
 #: Geometry of the tiny dataset. The spacing equals the flags' spacing below, so
 #: ``Spacingd`` keeps the grid; after ``CropForegroundd`` every case is still at
@@ -61,7 +61,7 @@ class TinyDataset:
         ]
 
     def args(self, **overrides) -> argparse.Namespace:
-        """Namespace with every data flag ``utils.data`` reads (defaults of DESIGN §2, small ROI)."""
+        """Namespace with every data flag ``data.loading`` reads (defaults of DESIGN §2, small ROI)."""
         values = dict(
             dataset="btcv", data_dir=self.data_dir, json_list=self.json_name,
             a_min=-175.0, a_max=250.0, b_min=0.0, b_max=1.0,

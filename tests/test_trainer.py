@@ -14,7 +14,7 @@ import trainer as tr
 from networks import build_model
 from networks.checkpoint import read_checkpoint, save_checkpoint
 from run_normal_or_adv_training import parse_args
-from utils.losses import build_dice_ce, frequency_consistency_loss
+from engine.losses import build_dice_ce, frequency_consistency_loss
 
 ROI = (16, 16, 16)
 CLASSES = 3

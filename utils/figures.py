@@ -7,7 +7,7 @@ One PNG, two rows of three panels on one axial slice:
 
 The label maps are organ-colour overlays on the clean slice, with a legend of the
 organs present in any of them. Slices are shown in radiological convention for
-RAS arrays (what ``utils.data`` produces): the patient's right on the viewer's left,
+RAS arrays (what ``data.loading`` produces): the patient's right on the viewer's left,
 anterior at the top.
 
 matplotlib is imported on first use, through the object-oriented API with the Agg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -15,21 +16,83 @@ import numpy as np
 import torch
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = ""):
+    """``with atomic_write(path) as tmp:`` write ``tmp``; on success it replaces ``path``.
+
+    The one way this tool writes a file: the temporary file lives in the destination
+    folder (so the rename is atomic), is fsynced before the rename and the folder after
+    it, gets the permissions a plain ``open`` would (``0666`` less the umask, readable by
+    colleagues on a shared cluster, not ``mkstemp``'s ``0600``), and is removed when the
+    write fails or is interrupted. A crash leaves the old file or the new one, and at most
+    a ``.tmp_*`` file that :func:`remove_stale_temporaries` clears.
+
+    Args:
+        path: destination file; parent folders are created.
+        suffix: ending of the temporary name (nibabel picks compression by it: ``.nii.gz``).
+
+    Yields:
+        The temporary file's path.
+    """
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+    _fsync_folder(folder)
+
+
+TEMP_PREFIX = ".tmp_"
+"""Name prefix of :func:`atomic_write`'s temporary files."""
+
+
+def remove_stale_temporaries(folder: str) -> int:
+    """Delete temporary files a killed write left in ``folder`` (not recursive); returns how many."""
+    if not os.path.isdir(folder):
+        return 0
+    removed = 0
+    for name in os.listdir(folder):
+        if name.startswith(TEMP_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+                removed += 1
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename durable where the OS allows opening folders (POSIX)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -53,7 +116,7 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json(path: str, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(to_jsonable(obj), indent=2) + "\n").encode())
+    write_bytes(path, (json.dumps(to_jsonable(obj), indent=2) + "\n").encode())
 
 
 def read_json(path: str) -> Any:
@@ -71,7 +134,7 @@ def write_csv(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    _atomic_write_bytes(path, buf.getvalue().encode())
+    write_bytes(path, buf.getvalue().encode())
 
 
 def volume_to_array(volume: torch.Tensor | np.ndarray, save_dtype: str) -> np.ndarray:
@@ -92,28 +155,21 @@ def array_to_volume(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def save_nifti(path: str, array: np.ndarray, affine: np.ndarray | torch.Tensor) -> None:
-    """Save ``array`` [H, W, D] with the volume's own affine (the release wrote an identity)."""
+def save_nifti(path: str, array: np.ndarray, affine: np.ndarray | torch.Tensor, scanner: bool = False) -> None:
+    """Save ``array`` [H, W, D] with the volume's own affine (the release wrote an identity).
+
+    ``scanner``: mark both qform and sform as scanner coordinates (code 1), as source
+    scans are; otherwise nibabel's defaults (sform "aligned", no qform).
+    """
     affine = affine.detach().cpu().numpy() if isinstance(affine, torch.Tensor) else np.asarray(affine)
     image = nib.Nifti1Image(array, affine.astype(np.float64))
     image.header.set_xyzt_units("mm")
+    if scanner:
+        image.set_qform(image.affine, code=1)
+        image.set_sform(image.affine, code=1)
     suffix = ".nii.gz" if path.endswith(".nii.gz") else os.path.splitext(path)[1]
-    buf = image.to_bytes() if suffix == ".nii" else None
-    if buf is None:
-        # nibabel compresses by file name: write to a temporary name with the same suffix
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=suffix)
-        os.close(fd)
-        try:
-            nib.save(image, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-    else:
-        _atomic_write_bytes(path, buf)
+    with atomic_write(path, suffix=suffix) as tmp:
+        nib.save(image, tmp)  # nibabel compresses by the file name's ending
 
 
 def load_nifti(path: str) -> tuple[np.ndarray, np.ndarray]:

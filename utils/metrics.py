@@ -39,12 +39,8 @@ import torch.nn as nn
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from pytorch_msssim import ssim as _ms_ssim
 
-from utils.labels import CLASS_NAMES  # noqa: F401  (re-exported)
-
 __all__ = [
     "ALEXNET_WEIGHTS_FILE",
-    "CLASS_NAMES",
-    "CaseMetrics",
     "LPIPSSimilarity",
     "alexnet_weights_path",
     "build_lpips_alex",
@@ -61,7 +57,6 @@ logger = logging.getLogger(__name__)
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
-"""Class names by ``--dataset``, indexed by label value."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -460,43 +455,3 @@ def compute_case_metrics(
         "psnr": psnr(image_clean, image_adv),
         "lpips_similarity": lpips(image_clean, image_adv) if lpips is not None else None,
     }
-
-
-class CaseMetrics:
-    """:func:`compute_case_metrics` with the dataset's settings bound.
-
-    Args:
-        num_classes: number of classes (background included).
-        lpips: LPIPS similarity to compute, or ``None`` to skip it.
-        spacing: HD95 voxel size (``None``: voxels, as the reference).
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        lpips: Optional[LPIPSSimilarity] = None,
-        spacing: Optional[Union[float, Sequence[float]]] = None,
-    ) -> None:
-        self.num_classes = int(num_classes)
-        self.lpips = lpips
-        self.spacing = spacing
-
-    def __call__(
-        self,
-        image_clean: ArrayLike,
-        image_adv: ArrayLike,
-        label: ArrayLike,
-        pred_clean: ArrayLike,
-        pred_adv: ArrayLike,
-    ) -> dict:
-        """See :func:`compute_case_metrics`."""
-        return compute_case_metrics(
-            image_clean,
-            image_adv,
-            label,
-            pred_clean,
-            pred_adv,
-            self.num_classes,
-            lpips=self.lpips,
-            spacing=self.spacing,
-        )

@@ -15,7 +15,7 @@ import generate_adv_samples as gen
 import inference_on_saved_adv_samples as inf
 from attacks import ATTACKS
 from tests.scripts.helpers import ATTACK_FLAGS, data_flags, make_tiny_checkpoint, run_main, tiny_model_flags
-from utils.cli import adv_subdir_name
+from engine.cli import adv_subdir_name
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def pgd_run(base_flags, tmp_path_factory, tiny_dataset):
 def _transformed_case(args, item):
     from monai.data import Dataset
 
-    from utils.data import build_transforms
+    from data.loading import build_transforms
 
     return Dataset([item], transform=build_transforms(args, "eval"))[0]
 

@@ -15,7 +15,7 @@ import run_normal_or_adv_training as script
 import trainer as tr
 from networks import build_model
 from networks.checkpoint import read_checkpoint
-from utils.cli import adv_subdir_name
+from engine.cli import adv_subdir_name
 
 TINY = ["--feature_size", "8", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4",
         "--roi_x", "16", "--roi_y", "16", "--roi_z", "16", "--infer_overlap", "0", "--sw_batch_size", "4",

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.data import (
+from data.loading import (
     build_dataset,
     build_loader,
     build_transforms,
@@ -15,7 +15,7 @@ from utils.data import (
     split_for_mode,
 )
 from utils.errors import UserError
-from utils.phantom import write_phantom_dataset
+from data.phantom import write_phantom_dataset
 
 # --------------------------------------------------------------------------- load_datalist
 

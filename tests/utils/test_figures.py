@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from utils.figures import ORGAN_COLOURS, save_case_figure, select_slice, to_display
-from utils.phantom import LABEL_NAMES
+from data.phantom import LABEL_NAMES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -75,7 +75,7 @@ def test_palette_has_14_distinct_colours():
 
 
 def test_figure_from_the_phantom(tiny_dataset, data_args, tmp_path):
-    from utils.data import build_transforms
+    from data.loading import build_transforms
 
     out = build_transforms(data_args, "eval")(tiny_dataset.validation[0])
     image, label = out["image"][0].numpy(), out["label"][0].numpy()

@@ -11,8 +11,6 @@ import torch
 import utils.metrics as metrics
 from utils.metrics import (
     ALEXNET_WEIGHTS_FILE,
-    CLASS_NAMES,
-    CaseMetrics,
     LPIPSSimilarity,
     class_mean,
     compute_case_metrics,
@@ -234,8 +232,10 @@ def test_default_builder_loads_cached_alexnet_weights(empty_hub):
 
 
 def test_class_names():
-    assert len(CLASS_NAMES["btcv"]) == 14 and CLASS_NAMES["btcv"][13] == "left adrenal"
-    assert CLASS_NAMES["acdc"] == ["background", "RV", "myocardium", "LV"]
+    from data.datasets import DATASETS
+
+    assert len(DATASETS["btcv"].class_names) == 14 and DATASETS["btcv"].class_names[13] == "left adrenal"
+    assert list(DATASETS["acdc"].class_names) == ["background", "RV", "myocardium", "LV"]
 
 
 def test_compute_case_metrics(empty_hub):
@@ -246,7 +246,7 @@ def test_compute_case_metrics(empty_hub):
     label = cube(shape, (3, 3, 3), 6)
     pred_clean = label.clone()
     pred_adv = cube(shape, (5, 3, 3), 6)
-    result = CaseMetrics(num_classes=3)(image, image_adv, label[None, None], pred_clean, pred_adv)
+    result = compute_case_metrics(image, image_adv, label[None, None], pred_clean, pred_adv, num_classes=3)
 
     assert set(result) == {
         "dice_clean", "dice_clean_mean", "dice_adv", "dice_adv_mean",

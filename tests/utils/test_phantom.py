@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from utils.errors import UserError
-from utils.phantom import LABEL_NAMES, main, make_phantom_case, phantom_affine, write_phantom_dataset
+from data.phantom import LABEL_NAMES, main, make_phantom_case, phantom_affine, write_phantom_dataset
 
 SMALL = (32, 32, 16)
 
@@ -77,7 +77,7 @@ def test_bad_geometry_is_refused():
 
 
 def test_dataset_layout_json_and_affine(tmp_path):
-    from utils.data import load_datalist
+    from data.loading import load_datalist
 
     out = tmp_path / "ds"
     json_path = write_phantom_dataset(str(out), n_train=2, n_val=1, shape=SMALL, spacing=(0.8, 0.9, 2.5), seed=1)

@@ -239,7 +239,7 @@ class CaseEvaluator:
         """Evaluate ``items`` (datalist entries); returns ``{case name: metrics}`` for this process."""
         from monai.data import Dataset
 
-        from utils.data import build_transforms, check_case, check_files
+        from data.loading import build_transforms, check_case, check_files
 
         results: dict[str, dict] = {}
         todo = []
@@ -258,7 +258,7 @@ class CaseEvaluator:
         if not todo:
             return results
         dataset = Dataset(data=[item for _, item in todo], transform=build_transforms(self.args, "eval"))
-        loader = torch.utils.data.DataLoader(
+        loader = torch.data.loading.DataLoader(
             dataset, batch_size=1, shuffle=False, num_workers=min(self.args.workers, len(todo)),
             collate_fn=lambda batch: batch[0],
         )
@@ -406,7 +406,7 @@ def load_trained_model(args: argparse.Namespace, device: torch.device) -> nn.Mod
 
 
 def _eval_items(args: argparse.Namespace) -> tuple[str, list[dict]]:
-    from utils.data import load_datalist, split_for_mode
+    from data.loading import load_datalist, split_for_mode
 
     split = split_for_mode(args.gen_train_adv_mode)
     items = load_datalist(args.data_dir, args.json_list, split)
@@ -418,7 +418,7 @@ def _eval_items(args: argparse.Namespace) -> tuple[str, list[dict]]:
 def _start(args: argparse.Namespace, run_dir: str | None, device: torch.device | None) -> torch.device:
     """Logging and the run folder, once this process is in its group (``device`` from
     :func:`utils.distributed.process_group`; ``None`` in one process: ``--device``)."""
-    from utils.cli import resolve_device, setup_logging
+    from engine.cli import resolve_device, setup_logging
 
     if device is None:
         device = resolve_device(args.device)
@@ -450,8 +450,8 @@ def run_generation(args: argparse.Namespace) -> dict:
 
 
 def _run_generation(args: argparse.Namespace, device: torch.device | None) -> dict:
-    from utils.cli import adv_subdir_name, attack_summary, build_attack_from_args
-    from utils.losses import build_dice_ce
+    from engine.cli import adv_subdir_name, attack_summary, build_attack_from_args
+    from engine.losses import build_dice_ce
 
     started = time.perf_counter()
     run_dir = None if args.debugging else os.path.join(
@@ -478,7 +478,7 @@ def _run_generation(args: argparse.Namespace, device: torch.device | None) -> di
 
 
 def adv_images_folder(args: argparse.Namespace) -> str:
-    from utils.cli import adv_subdir_name
+    from engine.cli import adv_subdir_name
 
     folder = args.adv_images_dir if args.no_sub_dir_adv_images else os.path.join(args.adv_images_dir, adv_subdir_name(args))
     if not os.path.isdir(folder):
@@ -496,7 +496,7 @@ def run_inference(args: argparse.Namespace) -> dict:
 
 
 def _run_inference(args: argparse.Namespace, device: torch.device | None) -> dict:
-    from utils.cli import attack_summary
+    from engine.cli import attack_summary
 
     started = time.perf_counter()
     folder = adv_images_folder(args)

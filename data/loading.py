@@ -1,13 +1,14 @@
-"""Synapse (``btcv``) and ACDC (``acdc``) data: Decathlon JSON lists, transforms, loaders.
+"""Datasets on disk: Decathlon JSON lists, the release's transforms, loaders, case checks.
 
 The transforms follow the paper's release (DESIGN §3) written with today's MONAI
 dictionary transforms:
 
 eval (both datasets)
     ``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``Orientationd("RAS")`` ->
-    ``Spacingd`` (bilinear image, nearest label) -> ``ScaleIntensityRanged`` (clipped)
-    -> ``CropForegroundd`` (bounding box of ``image > 0``).
-    ACDC inserts ``ResizeWithPadOrCropd`` to the ROI (constant 0) right after
+    ``Spacingd`` (bilinear image, nearest label) -> ``ScaleIntensityRanged`` (clipped;
+    datasets registered without a window, and no ``--a_min/--a_max`` given: per-volume
+    0.5-99.5 percentiles instead) -> ``CropForegroundd`` (bounding box of ``image > 0``).
+    Datasets with ``pad_to_roi`` (ACDC) insert ``ResizeWithPadOrCropd`` to the ROI (constant 0) right after
     ``Spacingd``, i.e. *before* the intensity window, as the release does.
 train
     The same deterministic chain (ACDC: with ``ResizeWithPadOrCropd`` after the
@@ -25,18 +26,19 @@ survive collation as lists of strings.
 Loaders differ from the release only where it tied itself to CUDA: memory is pinned
 only when CUDA is available, and workers persist only when there are workers.
 
-MONAI is imported inside the builders so that ``import utils.data`` stays cheap.
+MONAI is imported inside the builders so that ``import data.loading`` stays cheap.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
+from data.datasets import DatasetSpec, get_dataset
 from utils.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "AddFileNamesd",
-    "DATASETS",
+    "DataSettings",
     "SPLITS",
     "TRANSFORM_MODES",
     "load_datalist",
@@ -54,15 +56,50 @@ __all__ = [
     "build_dataset",
     "build_loader",
     "check_case",
+    "check_files",
+    "class_names",
     "split_for_mode",
 ]
 
-DATASETS = ("btcv", "acdc")
 SPLITS = ("training", "validation")
 TRANSFORM_MODES = ("train", "eval")
 KEYS = ("image", "label")
 #: The release caches at most this many training cases in its CacheDataset.
 CACHE_NUM = 24
+#: ROI crops ``RandCropByPosNegLabeld`` takes from each training volume (the release's 4).
+CROPS_PER_VOLUME = 4
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where a dataset is and how its volumes are prepared (the data flags, typed).
+
+    ``a_min``/``a_max`` ``None`` take the dataset's default window (:mod:`data.datasets`).
+    """
+
+    dataset: str = "btcv"
+    data_dir: Optional[str] = None
+    json_list: str = "dataset_synapse_18_12.json"
+    a_min: Optional[float] = None
+    a_max: Optional[float] = None
+    b_min: float = 0.0
+    b_max: float = 1.0
+    spacing: tuple = (1.5, 1.5, 2.0)
+    roi: tuple = (96, 96, 96)
+    workers: int = 8
+    flip_prob: float = 0.2
+    rotate90_prob: float = 0.2
+    scale_intensity_prob: float = 0.1
+    shift_intensity_prob: float = 0.1
+    use_normal_dataset: bool = False
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return get_dataset(self.dataset)
+
+    def items(self, split: str) -> list[dict]:
+        """:func:`load_datalist` of one split."""
+        return load_datalist(self.data_dir, self.json_list, split)
 
 
 # --------------------------------------------------------------------------- datalist
@@ -94,7 +131,7 @@ def load_datalist(data_dir: str, json_list: str, split: str) -> list[dict]:
         raise UserError(f"dataset folder {data_dir} does not exist; check --data_dir")
     if not json_list or json_list == "None":
         raise UserError("no dataset list given; pass --json_list (a JSON file in --data_dir or an absolute path)")
-    json_path = json_list if os.path.isabs(json_list) else os.path.join(data_dir, json_list)
+    json_path = _json_path(data_dir, json_list)
     if not os.path.isfile(json_path):
         raise UserError(
             f"dataset list {json_path} not found; pass --json_list as a file name inside --data_dir or an absolute path"
@@ -168,11 +205,11 @@ class AddFileNamesd:
 
 
 def get_transforms(
-    dataset: str = "btcv",
+    dataset: str | DatasetSpec = "btcv",
     mode: str = "eval",
     *,
-    a_min: float = -175.0,
-    a_max: float = 250.0,
+    a_min: Optional[float] = None,
+    a_max: Optional[float] = None,
     b_min: float = 0.0,
     b_max: float = 1.0,
     spacing: Sequence[float] = (1.5, 1.5, 2.0),
@@ -181,16 +218,17 @@ def get_transforms(
     rotate90_prob: float = 0.2,
     scale_intensity_prob: float = 0.1,
     shift_intensity_prob: float = 0.1,
-    num_samples: int = 4,
+    num_samples: int = CROPS_PER_VOLUME,
 ) -> "Compose":
     """The release's dictionary transforms for ``image``/``label`` (see the module docstring).
 
     Args:
-        dataset: ``"btcv"`` (Synapse) or ``"acdc"``.
+        dataset: a registered dataset name (``"btcv"``, ``"acdc"``) or its :class:`DatasetSpec`.
         mode: ``"eval"`` (whole volumes) or ``"train"`` (``num_samples`` random ROI crops
             per volume, augmented).
         a_min, a_max, b_min, b_max: intensity window ``[a_min, a_max]`` mapped to
-            ``[b_min, b_max]`` and clipped.
+            ``[b_min, b_max]`` and clipped; ``None`` takes the dataset's window (or, for
+            a dataset without one, each volume's 0.5-99.5 percentiles).
         spacing: target voxel size ``(x, y, z)`` in mm.
         roi_size: crop size ``(H, W, D)`` for training (and ACDC's pad/crop).
         flip_prob, rotate90_prob, scale_intensity_prob, shift_intensity_prob:
@@ -209,8 +247,7 @@ def get_transforms(
     """
     from monai import transforms as mt
 
-    if dataset not in DATASETS:
-        raise UserError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    spec = dataset if isinstance(dataset, DatasetSpec) else get_dataset(dataset)
     if mode not in TRANSFORM_MODES:
         raise UserError(f"transform mode must be one of {', '.join(TRANSFORM_MODES)}, got {mode!r}")
     roi_size = tuple(int(r) for r in roi_size)
@@ -233,12 +270,18 @@ def get_transforms(
         mt.Spacingd(keys=keys, pixdim=spacing, mode=("bilinear", "nearest")),
     ]
     pad_or_crop = mt.ResizeWithPadOrCropd(keys=keys, spatial_size=roi_size, mode="constant", value=0)
-    window = mt.ScaleIntensityRanged(keys=["image"], a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True)
+    if a_min is None and a_max is None and spec.window is not None:
+        a_min, a_max = spec.window
+    if a_min is None or a_max is None:
+        window = mt.ScaleIntensityRangePercentilesd(keys=["image"], lower=0.5, upper=99.5, b_min=b_min, b_max=b_max,
+                                                    clip=True)
+    else:
+        window = mt.ScaleIntensityRanged(keys=["image"], a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True)
     # margin 0: the box never leaves the volume, so allow_smaller only silences MONAI's default change.
     crop_foreground = mt.CropForegroundd(keys=keys, source_key="image", allow_smaller=True)
-    if dataset == "acdc" and mode == "eval":
+    if spec.pad_to_roi and mode == "eval":
         deterministic += [pad_or_crop, window, crop_foreground]
-    elif dataset == "acdc":
+    elif spec.pad_to_roi:
         deterministic += [window, crop_foreground, pad_or_crop]
     else:
         deterministic += [window, crop_foreground]
@@ -268,57 +311,80 @@ def get_transforms(
     return mt.Compose(deterministic + random)
 
 
-def build_transforms(args: argparse.Namespace, mode: str) -> "Compose":
-    """:func:`get_transforms` from the command-line flags (DESIGN §2 data group).
-
-    Reads ``dataset, a_min, a_max, b_min, b_max, space_x/y/z, roi_x/y/z,
-    RandFlipd_prob, RandRotate90d_prob, RandScaleIntensityd_prob,
-    RandShiftIntensityd_prob`` from ``args``.
-    """
+def build_transforms(settings: DataSettings, mode: str) -> "Compose":
+    """:func:`get_transforms` of the data settings."""
     return get_transforms(
-        args.dataset,
+        settings.dataset,
         mode,
-        a_min=args.a_min,
-        a_max=args.a_max,
-        b_min=args.b_min,
-        b_max=args.b_max,
-        spacing=(args.space_x, args.space_y, args.space_z),
-        roi_size=(args.roi_x, args.roi_y, args.roi_z),
-        flip_prob=args.RandFlipd_prob,
-        rotate90_prob=args.RandRotate90d_prob,
-        scale_intensity_prob=args.RandScaleIntensityd_prob,
-        shift_intensity_prob=args.RandShiftIntensityd_prob,
+        a_min=settings.a_min,
+        a_max=settings.a_max,
+        b_min=settings.b_min,
+        b_max=settings.b_max,
+        spacing=settings.spacing,
+        roi_size=settings.roi,
+        flip_prob=settings.flip_prob,
+        rotate90_prob=settings.rotate90_prob,
+        scale_intensity_prob=settings.scale_intensity_prob,
+        shift_intensity_prob=settings.shift_intensity_prob,
     )
+
+
+def class_names(settings: DataSettings, num_classes: int) -> list[str]:
+    """Class names for reports and figures, index = label value.
+
+    The Decathlon JSON's ``labels`` field when it names ``num_classes`` classes, else the
+    registered dataset's names when their count fits, else ``class_0, class_1, ...``.
+    """
+    json_path = _json_path(settings.data_dir, settings.json_list)
+    try:
+        with open(json_path) as f:
+            labels = json.load(f).get("labels")
+    except (OSError, ValueError, AttributeError):
+        labels = None
+    if isinstance(labels, dict):
+        try:
+            by_value = {int(k): str(v) for k, v in labels.items()}
+        except (TypeError, ValueError):
+            by_value = {}
+        if sorted(by_value) == list(range(num_classes)):
+            return [by_value[i] for i in range(num_classes)]
+    names = list(get_dataset(settings.dataset).class_names)
+    return names if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]
+
+
+def _json_path(data_dir: str, json_list: str) -> str:
+    return json_list if os.path.isabs(json_list) else os.path.join(data_dir, json_list)
 
 
 # --------------------------------------------------------------------------- datasets and loaders
 
 
-def build_dataset(args: argparse.Namespace, split: str, mode: str) -> "Dataset":
+def build_dataset(settings: DataSettings, split: str, mode: str, items: Optional[list] = None) -> "Dataset":
     """MONAI dataset of one split with the ``mode`` transforms.
 
     Training-mode datasets are a ``CacheDataset`` (deterministic transforms cached,
     at most 24 cases, as the release) unless ``--use_normal_dataset``; eval datasets
-    are a plain ``Dataset``, as in the release.
+    are a plain ``Dataset``, as in the release. ``items`` (default: the whole split)
+    narrows it to some cases of the split.
     """
     from monai.data import CacheDataset, Dataset
 
-    items = load_datalist(args.data_dir, args.json_list, split)
-    transform = build_transforms(args, mode)
-    if mode == "train" and not getattr(args, "use_normal_dataset", False):
+    items = settings.items(split) if items is None else items
+    transform = build_transforms(settings, mode)
+    if mode == "train" and not settings.use_normal_dataset:
         return CacheDataset(
             data=items,
             transform=transform,
             cache_num=CACHE_NUM,
             cache_rate=1.0,
-            num_workers=max(1, int(getattr(args, "workers", 1))),
+            num_workers=max(1, settings.workers),
             progress=False,
         )
     return Dataset(data=items, transform=transform)
 
 
 def build_loader(
-    args: argparse.Namespace,
+    settings: DataSettings,
     split: str,
     mode: str,
     *,
@@ -329,13 +395,13 @@ def build_loader(
     """MONAI ``DataLoader`` over :func:`build_dataset`.
 
     Args:
-        args: namespace with the data flags, ``workers`` and (train) ``batch_size``.
+        settings: the data settings.
         split: ``"training"`` or ``"validation"``.
         mode: ``"train"`` or ``"eval"``.
         shuffle: default: shuffle in train mode when no ``sampler`` is given.
         sampler: e.g. a distributed sampler (then ``shuffle`` must not be True).
-        batch_size: default ``args.batch_size`` in train mode (each volume yields 4
-            crops, so a batch holds ``4 * batch_size`` crops), 1 in eval mode.
+        batch_size: volumes per batch (default 1; in train mode each volume yields 4
+            crops, so a batch holds ``4 * batch_size`` crops).
 
     Raises:
         ValueError: ``shuffle=True`` together with a ``sampler``.
@@ -347,12 +413,10 @@ def build_loader(
         shuffle = mode == "train" and sampler is None
     if shuffle and sampler is not None:
         raise ValueError("shuffle=True cannot be combined with a sampler; let the sampler shuffle")
-    if batch_size is None:
-        batch_size = int(getattr(args, "batch_size", 1)) if mode == "train" else 1
-    workers = int(getattr(args, "workers", 0))
+    workers = settings.workers
     return DataLoader(
-        build_dataset(args, split, mode),
-        batch_size=batch_size,
+        build_dataset(settings, split, mode),
+        batch_size=batch_size or 1,
         shuffle=shuffle,
         sampler=sampler,
         num_workers=workers,
@@ -427,3 +491,16 @@ def check_files(item: dict) -> None:
             f"case {os.path.basename(str(item['image']))}: image shape {shapes[0]} and label shape {shapes[1]} "
             f"({os.path.basename(str(item['label']))}) differ; image and label files must cover the same voxel grid"
         )
+
+
+def plain_tensor(x) -> "torch.Tensor":
+    """A transform's output (``MetaTensor``, array or tensor) as a plain ``torch.Tensor``.
+
+    MONAI's per-operation metadata bookkeeping costs more than a small model's forward
+    pass, so everything past the transforms works on plain tensors (no copy is made).
+    """
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.as_subclass(torch.Tensor)
+    return torch.as_tensor(x)

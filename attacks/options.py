@@ -1,0 +1,20 @@
+"""The attack options shared by several attacks, each declared once.
+
+Values are as typed on the command line; ``scale`` converts them for the constructor.
+``--eps`` and ``--std`` are on the [0, 255] intensity scale (the release's convention)
+and reach the attacks, which work on images in [0, 1], divided by 255 — here, and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+from utils.options import Option
+
+INTENSITY_SCALE = 1.0 / 255.0
+"""``--eps``/``--std`` are given on the [0, 255] scale; attacks work on [0, 1]."""
+
+STEPS = Option("steps", int, 20, "attack iterations (honoured for VAFA too, unlike the release)", minimum=1)
+ALPHA = Option("alpha", float, 0.01, "PGD/BIM step size on the [0,1] scale", minimum=0.0)
+EPS = Option("eps", float, 4, "L-inf budget on the [0,255] scale", scale=INTENSITY_SCALE, minimum=0.0)
+STD = Option("std", float, 4, "Gaussian-noise std on the [0,255] scale", scale=INTENSITY_SCALE, minimum=0.0)
+TARGETED = Option("targeted", bool, False, "targeted attack towards --target_class")

@@ -1,0 +1,63 @@
+"""Whole-volume attack: cut a volume into ROI tiles, attack them in batches, stitch them back."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from monai.data.utils import dense_patch_slices
+from tqdm.auto import tqdm
+
+
+def tile_slices(spatial_shape: Sequence[int], roi: Sequence[int]) -> list[tuple[slice, ...]]:
+    """Non-overlapping ROI tiles covering a volume, as the release tiles it.
+
+    ``dense_patch_slices`` with ``scan_interval = roi``: tiles in row-major order of the
+    tile grid; where a side is not a multiple of the ROI the last tile is moved back to
+    end at the border (it overlaps its neighbour and, written last, wins). Sides smaller
+    than the ROI must be padded first (see :func:`attack_volume`).
+    """
+    return list(dense_patch_slices(tuple(spatial_shape), tuple(roi), tuple(roi)))
+
+
+def attack_volume(
+    image: torch.Tensor,
+    label: torch.Tensor,
+    attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    roi: Sequence[int],
+    batch_size: int = 6,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Attack a whole volume in ROI tiles and stitch the adversarial tiles back.
+
+    Args:
+        image: ``[1, C, H, W, D]`` in [0, 1].
+        label: ``[1, 1, H, W, D]`` labels the attack uses (true or target labels).
+        attack: ``attack(images [N,C,*roi], labels [N,1,*roi]) -> adv [N,C,*roi]``.
+        roi: tile size ``(rx, ry, rz)``.
+        batch_size: tiles attacked together (the release: 6).
+        progress: show a progress bar over the tile batches.
+
+    Returns:
+        ``[1, C, H, W, D]`` adversarial volume.
+    """
+    if image.shape[0] != 1:
+        raise ValueError(f"attack_volume takes one volume [1, C, H, W, D], got shape {tuple(image.shape)}")
+    spatial = tuple(image.shape[2:])
+    padded = tuple(max(s, r) for s, r in zip(spatial, roi))
+    if padded != spatial:
+        # sides smaller than the ROI: pad at the end (image with 0, label with background)
+        pad = [p for s, q in zip(reversed(spatial), reversed(padded)) for p in (0, q - s)]
+        image = torch.nn.functional.pad(image, pad)
+        label = torch.nn.functional.pad(label, pad)
+    slices = tile_slices(padded, roi)
+    adv = image.clone()
+    starts = range(0, len(slices), batch_size)
+    for start in tqdm(starts, desc="tiles", leave=False, disable=not progress, unit="batch"):
+        chunk = slices[start : start + batch_size]
+        tiles = torch.cat([image[(..., *s)] for s in chunk])  # [N, C, *roi]
+        tile_labels = torch.cat([label[(..., *s)] for s in chunk])  # [N, 1, *roi]
+        adv_tiles = attack(tiles, tile_labels)  # [N, C, *roi]
+        for s, tile in zip(chunk, adv_tiles):
+            adv[(..., *s)] = tile
+    return adv[(..., *(slice(0, s) for s in spatial))]

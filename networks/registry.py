@@ -1,0 +1,92 @@
+"""Registered segmentation networks: ``--model_name`` -> builder and the flags it takes.
+
+Adding a model is one module with a builder
+``build(in_channels, out_channels, img_size, **options) -> nn.Module`` and its tuple of
+:class:`utils.options.Option`, plus one line in :data:`MODELS`. The command line adds the
+declared flags and passes each model only the options it declares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch.nn as nn
+
+from utils.errors import UserError
+from utils.options import Option, constructor_kwargs
+
+from . import unetr
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered network: its builder and the options (flags) the builder takes."""
+
+    build: Callable[..., nn.Module]
+    options: tuple = ()
+    description: str = ""
+
+
+MODELS: dict[str, ModelEntry] = {
+    "unet-r": ModelEntry(unetr.build_unetr, unetr.OPTIONS, "UNETR (the paper's release)"),
+}
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """The registered model ``name``.
+
+    Raises:
+        UserError: unknown name (the message lists the registered ones).
+    """
+    if name not in MODELS:
+        raise UserError(f"unknown --model_name {name!r}; valid names: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which network to build, typed: its name, channel counts, ROI and its own options
+    (values as typed on the command line, only those the model declares)."""
+
+    name: str = "unet-r"
+    in_channels: int = 1
+    out_channels: int = 14
+    roi: tuple = (96, 96, 96)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        """Build the network (random weights).
+
+        Raises:
+            UserError: unknown model or inconsistent sizes.
+        """
+        return build_model(self.name, self.in_channels, self.out_channels, self.roi, **self.options)
+
+
+def build_model(name: str, in_channels: int, out_channels: int, img_size: Sequence[int], **options) -> nn.Module:
+    """Build the network registered as ``name``; ``options`` are its declared options.
+
+    Raises:
+        UserError: unknown name, an option the model does not declare, or values its
+            builder refuses.
+    """
+    entry = get_model_entry(name)
+    declared = {option.name for option in entry.options}
+    unknown = sorted(set(options) - declared)
+    if unknown:
+        raise UserError(f"model {name!r} takes options {sorted(declared)}, got unexpected {unknown}")
+    kwargs = constructor_kwargs([o for o in entry.options if o.name in options], options)
+    try:
+        return entry.build(in_channels=in_channels, out_channels=out_channels, img_size=tuple(img_size), **kwargs)
+    except ValueError as err:
+        if isinstance(err, UserError):
+            raise
+        raise UserError(str(err)) from None
+
+
+def model_options() -> list[Option]:
+    """Every registered model's options, each once (the command line's model flags)."""
+    from utils.options import collect_options
+
+    return collect_options(entry.options for entry in MODELS.values())
