@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from utils import cli
+from engine import cli
 
 
 def parse_args(argv=None):
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from engine.evaluation import run_generation
 
-    return cli.run_cli(run_generation, args, "generate_adv_samples.py")
+    return cli.run_script(cli.generation_job, run_generation, args, "generate_adv_samples.py")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from utils import cli
+from engine import cli
 
 
 def parse_args(argv=None):
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from engine.evaluation import run_inference
 
-    return cli.run_cli(run_inference, args, "inference_on_saved_adv_samples.py")
+    return cli.run_script(cli.inference_job, run_inference, args, "inference_on_saved_adv_samples.py")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from utils import cli
+from engine import cli
 
 
 def parse_args(argv=None):
@@ -29,9 +29,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from trainer import run_training
+    from engine.training import run_training
 
-    return cli.run_cli(run_training, args, "run_normal_or_adv_training.py")
+    return cli.run_script(cli.training_job, run_training, args, "run_normal_or_adv_training.py")
 
 
 if __name__ == "__main__":

@@ -35,14 +35,11 @@ from their USR1 trap, and resume when ``model_latest.pt`` exists).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import logging
 import math
 import os
-import platform
-import random
 import signal
 import threading
 import time
@@ -53,8 +50,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from attacks import Attack, AttackSettings
+from data.loading import check_case, plain_tensor
+from engine.losses import frequency_consistency_loss
+from networks import WindowSettings, predict_volume, read_checkpoint, load_model_weights, save_checkpoint
 from utils import distributed as dist_utils
 from utils.errors import UserError
+from utils.io import to_jsonable, write_csv
+from utils.seeding import derive_seed, rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -64,235 +67,7 @@ METRICS_FILE = "metrics.csv"
 CHECKPOINT_FORMAT = 1
 
 
-# --------------------------------------------------------------------------- optimiser and schedule
-
-
-def build_optimizer(args: argparse.Namespace, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """The release's optimisers: Adam/AdamW ``(lr, weight_decay)``, SGD with Nesterov momentum.
-
-    Reads ``optim_name``, ``optim_lr``, ``reg_weight`` (weight decay) and ``momentum``.
-    """
-    name = args.optim_name
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=args.optim_lr, weight_decay=args.reg_weight)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=args.optim_lr, weight_decay=args.reg_weight)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=args.optim_lr, momentum=args.momentum, nesterov=True,
-                               weight_decay=args.reg_weight)
-    raise UserError(f"unknown --optim_name {name!r}; valid names: adamw, adam, sgd")
-
-
-def warmup_cosine_factor(epoch: int, warmup_epochs: int, max_epochs: int) -> float:
-    """Learning-rate factor of the UNETR repository's ``LinearWarmupCosineAnnealingLR``.
-
-    Closed form of that scheduler with ``warmup_start_lr=0`` and ``eta_min=0`` (as the
-    release builds it), stepped once per epoch::
-
-        e <  warmup:  e / (warmup - 1)
-        e >= warmup:  0.5 * (1 + cos(pi * (e - warmup) / (max_epochs - warmup)))
-
-    Epoch 0 therefore trains at learning rate 0 — a quirk of the release kept on
-    purpose so that runs compare with the paper's. Guards where the release divides by
-    zero: ``warmup_epochs == 1`` gives factor 0 at epoch 0 (as its recursive form does);
-    ``max_epochs <= warmup_epochs`` never leaves the warm-up.
-    """
-    if epoch < warmup_epochs:
-        return epoch / max(warmup_epochs - 1, 1)
-    span = max_epochs - warmup_epochs
-    if span <= 0:
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / span))
-
-
-def cosine_factor(epoch: int, max_epochs: int) -> float:
-    """Factor of ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=max_epochs, eta_min=0)``."""
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / max_epochs))
-
-
-def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer):
-    """``--lrschedule`` as a per-epoch ``LambdaLR`` (its ``state_dict`` is plain numbers).
-
-    ``warmup_cosine`` and ``cosine_anneal`` as in the release; any other value: ``None``
-    (constant learning rate, as the release). The factors are plain functions of the
-    current flags, so a resumed run with a larger ``--max_epochs`` follows the new length.
-    """
-    warmup, max_epochs = args.warmup_epochs, args.max_epochs
-    if args.lrschedule == "warmup_cosine":
-        def factor(epoch: int) -> float:
-            return warmup_cosine_factor(epoch, warmup, max_epochs)
-    elif args.lrschedule == "cosine_anneal":
-        def factor(epoch: int) -> float:
-            return cosine_factor(epoch, max_epochs)
-    else:
-        return None
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def amp_dtype_for(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
-    """Autocast dtype: bf16 on CUDA where supported, else fp16; ``None`` on CPU or with ``--noamp``."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-# --------------------------------------------------------------------------- reproducible data order
-
-
-def derive_seed(*entropy: int) -> int:
-    """A 32-bit seed from several integers (e.g. ``seed, epoch, rank``), free of collisions
-    such as ``seed + epoch``."""
-    return int(np.random.SeedSequence([int(e) % 2**63 for e in entropy]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-class EpochSampler(torch.data.loading.Sampler):
-    """Per-epoch shuffle, sharded across processes; yields ``(sample_seed, index)`` keys.
-
-    The order of epoch ``e`` is a permutation drawn from ``derive_seed(seed, e)`` (the
-    same on every rank); as ``DistributedSampler`` it is padded by repetition to a
-    multiple of the world size and rank ``r`` takes every ``world``-th entry. Each key
-    carries the seed of that sample's augmentations, ``derive_seed(seed, e, index)``,
-    which :class:`EpochSeededDataset` applies where the sample is loaded (main process
-    or a worker, persistent or not): epochs replay identically after a resume.
-
-    Args:
-        n: dataset length.
-        seed: ``--seed``.
-        shuffle: permute each epoch.
-        rank, world: this process and the number of processes.
-    """
-
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1):
-        if n < 1:
-            raise ValueError(f"EpochSampler needs at least one sample, got n={n}")
-        self.n, self.seed, self.shuffle, self.rank, self.world = n, int(seed), shuffle, rank, world
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.world)
-
-    def indices(self) -> list[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
-            order = torch.randperm(self.n, generator=generator).tolist()
-        else:
-            order = list(range(self.n))
-        total = len(self) * self.world
-        while len(order) < total:
-            order += order[: total - len(order)]
-        return order[self.rank : total : self.world]
-
-    def __iter__(self):
-        for index in self.indices():
-            yield derive_seed(self.seed, self.epoch, index), index
-
-
-class EpochSeededDataset(torch.data.loading.Dataset):
-    """Wraps a MONAI dataset: ``ds[(seed, index)]`` seeds its random transforms, then loads ``index``."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        seed, index = key
-        transform = getattr(self.dataset, "transform", None)
-        if hasattr(transform, "set_random_state"):
-            transform.set_random_state(seed=seed)
-        return self.dataset[index]
-
-
-def crops_per_volume() -> int:
-    """ROI crops ``RandCropByPosNegLabeld`` takes from each training volume (4, as the release)."""
-    import inspect
-
-    from data.loading import get_transforms
-
-    return int(inspect.signature(get_transforms).parameters["num_samples"].default)
-
-
-def build_train_loader(args: argparse.Namespace, rank: int = 0, world: int = 1):
-    """Training loader: ``args.batch_size`` volumes per step, each giving 4 crops
-    (MONAI's collate flattens them: a batch holds ``4 * batch_size`` crops), ordered and
-    augmented reproducibly per epoch (:class:`EpochSampler`)."""
-    from monai.data import DataLoader
-
-    from data.loading import build_dataset, check_files, load_datalist
-
-    for item in load_datalist(args.data_dir, args.json_list, "training"):
-        check_files(item)  # image and label on one voxel grid, before resampling could hide a mismatch
-    dataset = build_dataset(args, "training", "train")
-    sampler = EpochSampler(len(dataset), seed=args.seed, shuffle=True, rank=rank, world=world)
-    return DataLoader(
-        EpochSeededDataset(dataset),
-        batch_size=args.batch_size,
-        sampler=sampler,
-        num_workers=args.workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=args.workers > 0,
-    )
-
-
-def build_val_loader(args: argparse.Namespace, rank: int = 0, world: int = 1):
-    """Validation loader over this rank's share of the cases (indices ``rank, rank + world, ...``).
-
-    Returns:
-        ``(loader, indices)``: whole volumes one at a time, and their positions in the split.
-    """
-    from data.loading import build_loader, check_files, load_datalist
-
-    items = load_datalist(args.data_dir, args.json_list, "validation")
-    indices = list(range(rank, len(items), world))
-    for index in indices:
-        check_files(items[index])
-    return build_loader(args, "validation", "eval", sampler=indices, shuffle=False), indices
-
-
 # --------------------------------------------------------------------------- checkpoint content
-
-
-def rng_state() -> dict:
-    """RNG states of torch (CPU, CUDA), numpy and ``random`` as tensors and plain numbers
-    (loadable with ``torch.load(weights_only=True)``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Optional[Mapping]) -> None:
-    """Restore what :func:`rng_state` saved (missing parts are left alone)."""
-    if not state:
-        return
-    if "torch" in state:
-        torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in state["cuda"]])
-    if "numpy" in state:
-        s = state["numpy"]
-        np.random.set_state((s["kind"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"],
-                             s["cached_gaussian"]))
-    if "python" in state:
-        s = state["python"]
-        random.setstate((s["version"], tuple(s["internal"]), s["gauss_next"]))
 
 
 def read_metrics_rows(path: str, before_epoch: int) -> list[dict]:
@@ -313,6 +88,46 @@ def read_metrics_rows(path: str, before_epoch: int) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- the trainer
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """What the training loop needs besides the built objects.
+
+    Args:
+        max_epochs: train epochs ``start_epoch .. max_epochs - 1``.
+        val_every: validate after every N-th epoch.
+        num_classes: classes of the labels (background included).
+        window: sliding-window inference of validation volumes.
+        attack: the configured attack's settings (target labels, tiles per batch).
+        val_attack: also report validation Dice under the attack.
+        val_attack_cases: validation cases attacked with ``val_attack``.
+        seed: seeds the data order, augmentations and attack randomness per epoch.
+        amp: mixed precision on CUDA.
+        save_checkpoint: write ``model_latest.pt`` / ``model_best.pt``.
+        logdir: TensorBoard folder (default: the run folder).
+        freq_reg_norm, freq_reg_weight: VAFT's frequency-consistency loss.
+        optim_name: the optimiser's name, for messages.
+        resume_hint: the flags that continue this run, for messages.
+        record: the run's arguments, stored in each checkpoint.
+    """
+
+    max_epochs: int = 5000
+    val_every: int = 100
+    num_classes: int = 14
+    window: WindowSettings = field(default_factory=WindowSettings)
+    attack: AttackSettings = field(default_factory=lambda: AttackSettings("vafa-3d"))
+    val_attack: bool = False
+    val_attack_cases: int = 2
+    seed: int = 0
+    amp: bool = True
+    save_checkpoint: bool = False
+    logdir: Optional[str] = None
+    freq_reg_norm: str = "relative"
+    freq_reg_weight: float = 1.0
+    optim_name: str = "adamw"
+    resume_hint: str = ""
+    record: Mapping = field(default_factory=dict)
 
 
 class _Interrupted(Exception):
@@ -341,12 +156,16 @@ class Trainer:
     :meth:`save`.
 
     Args:
-        args: the training script's namespace (``engine.cli.parse_training_args``).
+        config: the loop's settings (:class:`TrainerConfig`).
         model: the network (not wrapped); it is moved to ``device`` and, in a process
             group of several ranks, wrapped in ``DistributedDataParallel`` (``self.model``;
-            ``self.module`` is always the bare network). ``--norm_name batch`` becomes
+            ``self.module`` is always the bare network). Batch norm becomes
             ``SyncBatchNorm`` there on CUDA.
         device: where the model and batches live.
+        loss_fn: ``loss_fn(logits, labels) -> scalar`` (the release's Dice-CE).
+        optimizer: over ``model``'s parameters.
+        scheduler: per-epoch learning-rate schedule, or ``None`` (constant).
+        attack: builds ``X'`` (adversarial variants, ``--val_attack``); run on the bare network.
         train_loader: batches of ``{"image": [B,C,H,W,D], "label": [B,1,H,W,D]}``.
         val_loader: whole validation volumes, one per batch.
         val_indices: position of each ``val_loader`` case in the split (default
@@ -356,19 +175,22 @@ class Trainer:
 
     mode = "normal training"
 
-    def __init__(self, args: argparse.Namespace, model: nn.Module, device: torch.device, *,
-                 train_loader: Optional[Iterable] = None, val_loader: Optional[Iterable] = None,
-                 val_indices: Optional[Sequence[int]] = None, run_dir: Optional[str] = None):
-        from engine.losses import build_dice_ce
+    def __init__(self, config: TrainerConfig, model: nn.Module, device: torch.device, *,
+                 loss_fn: Callable, optimizer: torch.optim.Optimizer, scheduler=None,
+                 attack: Optional[Attack] = None, train_loader: Optional[Iterable] = None,
+                 val_loader: Optional[Iterable] = None, val_indices: Optional[Sequence[int]] = None,
+                 run_dir: Optional[str] = None):
+        from engine.optim import amp_dtype_for
 
-        self.args = args
+        self.config = config
         self.device = torch.device(device)
         self.rank, self.world = dist_utils.rank_and_world()
         self.module = model.to(self.device)
         if self.world > 1:
-            if args.norm_name == "batch" and self.device.type == "cuda":
+            has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.module.modules())
+            if has_batch_norm and self.device.type == "cuda":
                 self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
-            elif args.norm_name == "batch":
+            elif has_batch_norm:
                 logger.warning("SyncBatchNorm needs CUDA: on CPU each process keeps its own batch statistics")
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             # find_unused_parameters: UNETR's ViT blocks hold norm_cross_attn layers it never calls
@@ -380,12 +202,12 @@ class Trainer:
         self.val_loader = val_loader
         self.val_indices = val_indices
         self.run_dir = run_dir
-        self.loss_fn = build_dice_ce(args.smooth_nr, args.smooth_dr)
-        self.optimizer = build_optimizer(args, self.module.parameters())
-        self.scheduler = build_scheduler(args, self.optimizer)
-        self.amp_dtype = amp_dtype_for(self.device, not getattr(args, "noamp", False))
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.attack = attack
+        self.amp_dtype = amp_dtype_for(self.device, config.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self._attack = None
         self.start_epoch = 0
         self.best_acc = 0.0
         self.last_acc: Optional[float] = None
@@ -399,15 +221,6 @@ class Trainer:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def attack(self):
-        """The configured attack, run on the bare network (no DDP hooks during its gradients)."""
-        if self._attack is None:
-            from engine.cli import build_attack_from_args
-
-            self._attack = build_attack_from_args(self.args, self.module, self.loss_fn)
-        return self._attack
-
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -415,28 +228,24 @@ class Trainer:
 
     def unpack(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images [B,C,H,W,D], labels [B,1,H,W,D])`` as plain tensors on the device."""
-        from data.loading import check_case
-
         if isinstance(batch, Mapping):
             images, labels = batch["image"], batch["label"]
             name = batch.get("name", "batch")
         else:
             images, labels = batch[0], batch[1]
             name = "batch"
-        images, labels = (torch.Tensor.as_subclass(t, torch.Tensor) for t in (images, labels))
+        images, labels = plain_tensor(images), plain_tensor(labels)
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        check_case(images, labels, self.args.out_channels, name if isinstance(name, str) else ", ".join(map(str, name)))
+        check_case(images, labels, self.config.num_classes, name if isinstance(name, str) else ", ".join(map(str, name)))
         return images, labels
-
-    def attack_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Labels the attack uses: the true ones, or ``--target_class`` everywhere with ``--targeted``."""
-        return torch.full_like(labels, self.args.target_class) if self.args.targeted else labels
 
     def adversarial(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``X'`` against the current weights; the attack switches the model to eval mode and
         back, takes input gradients only (no parameter ``.grad``), and returns it detached."""
-        return self.attack(images, self.attack_labels(labels)).detach()
+        if self.attack is None:
+            raise ValueError("this trainer was built without an attack; adversarial training needs one")
+        return self.attack(images, self.config.attack.labels(labels)).detach()
 
     def optimise(self, compute: Callable[[], Mapping[str, torch.Tensor]]) -> dict[str, float]:
         """One optimiser step on ``compute()["loss"]``; returns every term as a float.
@@ -497,19 +306,7 @@ class Trainer:
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        seed_everything(derive_seed(self.args.seed, epoch, self.rank))
-
-    @torch.no_grad()
-    def predict(self, image: torch.Tensor) -> torch.Tensor:
-        """Sliding-window argmax ``[1, 1, H, W, D]`` of a whole volume (bare network, eval mode)."""
-        from monai.inferers import sliding_window_inference
-
-        args = self.args
-        self.module.eval()
-        with self.autocast():
-            logits = sliding_window_inference(image, (args.roi_x, args.roi_y, args.roi_z), args.sw_batch_size,
-                                              self.module, overlap=args.infer_overlap)
-        return logits.argmax(dim=1, keepdim=True)
+        seed_everything(derive_seed(self.config.seed, epoch, self.rank))
 
     def validate(self, epoch: int) -> dict[str, float]:
         """Mean validation Dice (per case: Dice per class, background included, NaN-mean over
@@ -521,24 +318,21 @@ class Trainer:
         """
         from tqdm.auto import tqdm
 
-        from engine.evaluation import attack_volume
         from utils.metrics import class_mean, dice_per_class
 
         if self.val_loader is None:
             return {}
-        args = self.args
-        roi = (args.roi_x, args.roi_y, args.roi_z)
+        config = self.config
         indices = self.val_indices if self.val_indices is not None else range(10**9)
         results: dict[int, dict] = {}
         bar = tqdm(self.val_loader, desc=f"validation {epoch}", unit="case", leave=False, disable=not self.is_main)
         for index, batch in zip(indices, bar):
             images, labels = self.unpack(batch)
-            entry = {"dice": class_mean(dice_per_class(self.predict(images), labels, args.out_channels))}
-            if args.val_attack and index < args.val_attack_cases:
-                seed_everything(args.seed + index)  # the same perturbation budget draw every validation
-                adv = attack_volume(images, self.attack_labels(labels), self.attack, roi, args.attack_batch_size,
-                                    progress=False)
-                entry["dice_adv"] = class_mean(dice_per_class(self.predict(adv), labels, args.out_channels))
+            entry = {"dice": class_mean(dice_per_class(self.predict(images), labels, config.num_classes))}
+            if config.val_attack and index < config.val_attack_cases:
+                seed_everything(config.seed + index)  # the same perturbation budget draw every validation
+                adv = config.attack.attack_volume(self.attack, images, labels, config.window.roi)
+                entry["dice_adv"] = class_mean(dice_per_class(self.predict(adv), labels, config.num_classes))
             results[index] = entry
         merged: dict[int, dict] = {}
         for part in dist_utils.all_gather_objects(results):
@@ -549,16 +343,19 @@ class Trainer:
             return float(np.mean(values)) if values else float("nan")
 
         out = {"val_dice": mean("dice")}
-        if args.val_attack:
+        if config.val_attack:
             out["val_dice_adv"] = mean("dice_adv")
         return out
+
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        """Sliding-window argmax ``[1, 1, H, W, D]`` of a whole volume: the evaluation scripts' path
+        (:func:`networks.predict_volume`), so validation Dice is the Dice they report."""
+        return predict_volume(self.module, image, self.config.window)
 
     # ----------------------------------------------------------------- checkpoints
 
     def checkpoint(self, epoch: int) -> dict:
         """The checkpoint dict of the state after ``epoch`` (scheduler already stepped)."""
-        from utils.io import to_jsonable
-
         return {
             "epoch": epoch,
             "epoch_acc": self.last_acc if self.last_acc is not None else 0.0,
@@ -571,15 +368,13 @@ class Trainer:
             "trainer": type(self).__name__,
             "world_size": self.world,
             "format_version": CHECKPOINT_FORMAT,
-            "args": to_jsonable(vars(self.args)),
+            "args": to_jsonable(dict(self.config.record)),
         }
 
     def save(self, epoch: int, filenames: Sequence[str] = (LATEST,)) -> None:
         """Write the checkpoint of ``epoch`` atomically under each name (rank 0, ``--save_checkpoint``)."""
-        if not (self.is_main and self.run_dir is not None and self.args.save_checkpoint):
+        if not (self.is_main and self.run_dir is not None and self.config.save_checkpoint):
             return
-        from networks.checkpoint import save_checkpoint
-
         ckpt = self.checkpoint(epoch)
         for name in filenames:
             save_checkpoint(ckpt, os.path.join(self.run_dir, name))
@@ -592,8 +387,6 @@ class Trainer:
         Raises:
             UserError: unreadable checkpoint, or weights of another architecture / other flags.
         """
-        from networks.checkpoint import load_model_weights, read_checkpoint
-
         ckpt = read_checkpoint(path)
         info = load_model_weights(self.module, ckpt)
         if restart:
@@ -608,7 +401,7 @@ class Trainer:
             try:
                 self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
             except (ValueError, KeyError) as err:
-                raise UserError(f"the optimiser state in {path} does not fit --optim_name {self.args.optim_name} "
+                raise UserError(f"the optimiser state in {path} does not fit --optim_name {self.config.optim_name} "
                                 f"({err}); resume with the run's own optimiser flags or use --resume_but_restart") from None
         else:
             logger.warning("%s holds no optimiser state: the optimiser starts afresh", path)
@@ -669,12 +462,6 @@ class Trainer:
             self.stop_signal = "signal on another rank"
         return bool(t.item())
 
-    def resume_hint(self) -> str:
-        args = self.args
-        parent = args.checkpoint_dir if (args.resume and not args.resume_but_restart) else args.save_model_dir
-        extra = " --no_sub_dir_model" if args.no_sub_dir_model else ""
-        return f"--resume --resume_latest --checkpoint_dir {parent}{extra}"
-
     # ----------------------------------------------------------------- outputs
 
     def _open_outputs(self) -> None:
@@ -686,14 +473,12 @@ class Trainer:
         except Exception:  # tensorboard is optional
             logger.debug("tensorboard not installed: no event files")
             return
-        self.writer = SummaryWriter(log_dir=self.args.logdir or self.run_dir)
+        self.writer = SummaryWriter(log_dir=self.config.logdir or self.run_dir)
 
     def _write_metrics(self, row: dict) -> None:
         self.rows.append(row)
         if self.run_dir is None or not self.is_main:
             return
-        from utils.io import write_csv
-
         columns = list(row)
         write_csv(os.path.join(self.run_dir, METRICS_FILE), [{c: r.get(c) for c in columns} for r in self.rows])
         if self.writer is not None:
@@ -706,17 +491,17 @@ class Trainer:
 
     def fit(self) -> TrainingResult:
         """Train from ``self.start_epoch`` to ``--max_epochs``; stops early on SIGTERM/SIGUSR1."""
-        args = self.args
+        config = self.config
         result = TrainingResult(run_dir=self.run_dir)
-        if self.start_epoch >= args.max_epochs:
+        if self.start_epoch >= config.max_epochs:
             logger.info("nothing to do: the run has finished its %d epochs (raise --max_epochs to go on)",
-                        args.max_epochs)
+                        config.max_epochs)
             result.best_acc, result.last_acc, result.epochs_done = self.best_acc, self.last_acc, self.start_epoch
             return result
         self._open_outputs()
         previous_handlers = self.install_signal_handlers()
         try:
-            for epoch in range(self.start_epoch, args.max_epochs):
+            for epoch in range(self.start_epoch, config.max_epochs):
                 if self.stop_requested():
                     self._log_stop(epoch, result)
                     break
@@ -729,7 +514,7 @@ class Trainer:
                     break
                 val: dict[str, float] = {}
                 new_best = False
-                if (epoch + 1) % args.val_every == 0:
+                if (epoch + 1) % config.val_every == 0:
                     val = self.validate(epoch)
                 if val:
                     self.last_acc = val["val_dice"]
@@ -739,7 +524,7 @@ class Trainer:
                     self.scheduler.step()
                 elapsed = time.perf_counter() - started
                 row = {"epoch": epoch, **terms, "lr": lr, "val_dice": val.get("val_dice")}
-                if args.val_attack:
+                if config.val_attack:
                     row["val_dice_adv"] = val.get("val_dice_adv")
                 row["epoch_time"] = round(elapsed, 3)
                 self._write_metrics(row)
@@ -761,7 +546,7 @@ class Trainer:
 
     def _log_epoch(self, epoch, terms, lr, val, new_best, elapsed) -> None:
         parts = " ".join(f"{k} {v:.4f}" for k, v in terms.items())
-        line = f"epoch {epoch}/{self.args.max_epochs - 1} | {parts} | lr {lr:.3e}"
+        line = f"epoch {epoch}/{self.config.max_epochs - 1} | {parts} | lr {lr:.3e}"
         if val:
             line += f" | val Dice {val['val_dice']:.4f}"
             if "val_dice_adv" in val:
@@ -774,11 +559,11 @@ class Trainer:
         if not self.is_main:  # every rank stops; rank 0 says so once
             return
         done = epoch - 1
-        saved = self.run_dir is not None and self.args.save_checkpoint and done >= 0
+        saved = self.run_dir is not None and self.config.save_checkpoint and done >= 0
         if saved:
             logger.warning("stopped by %s during epoch %d: the unfinished epoch is dropped; %s holds epoch %d. "
                            "Continue with the same flags plus %s", self.stop_signal, epoch,
-                           os.path.join(self.run_dir, LATEST), done, self.resume_hint())
+                           os.path.join(self.run_dir, LATEST), done, self.config.resume_hint)
         else:
             logger.warning("stopped by %s during epoch %d: no checkpoint to continue from (%s); "
                            "a rerun starts afresh", self.stop_signal, epoch,
@@ -807,157 +592,21 @@ class VAFTTrainer(AdversarialTrainer):
     mode = "VAFT (adversarial training with frequency regularisation)"
 
     def train_step(self, batch) -> dict[str, float]:
-        from engine.losses import frequency_consistency_loss
-
         images, labels = self.unpack(batch)
         adv = self.adversarial(images, labels)
+        config = self.config
 
         def terms():
             logits_clean = self.model(images)
             logits_adv = self.model(adv)
             loss_clean = self.loss_fn(logits_clean, labels)
             loss_adv = self.loss_fn(logits_adv, labels)
-            loss_freq = frequency_consistency_loss(logits_clean, logits_adv, norm=self.args.freq_reg_norm)
-            loss = loss_clean + loss_adv + self.args.freq_reg_weight * loss_freq
+            loss_freq = frequency_consistency_loss(logits_clean, logits_adv, norm=config.freq_reg_norm)
+            loss = loss_clean + loss_adv + config.freq_reg_weight * loss_freq
             return {"loss": loss, "loss_clean": loss_clean, "loss_adv": loss_adv, "loss_freq": loss_freq}
 
         return self.optimise(terms)
 
 
 TRAINERS = {"normal": Trainer, "adversarial": AdversarialTrainer, "vaft": VAFTTrainer}
-
-
-def trainer_kind(args: argparse.Namespace) -> str:
-    """``normal``, ``adversarial`` (``--adv_training_mode``) or ``vaft`` (plus ``--freq_reg_mode``)."""
-    if args.adv_training_mode:
-        return "vaft" if args.freq_reg_mode else "adversarial"
-    return "normal"
-
-
-def build_trainer(args: argparse.Namespace, model: nn.Module, device: torch.device, **kwargs) -> Trainer:
-    """The trainer class the flags ask for (:data:`TRAINERS`), built with ``kwargs`` of :class:`Trainer`."""
-    return TRAINERS[trainer_kind(args)](args, model, device, **kwargs)
-
-
-# --------------------------------------------------------------------------- the script's entry
-
-
-def run_folder(args: argparse.Namespace) -> tuple[Optional[str], Optional[str]]:
-    """``(run folder, checkpoint to resume)`` from the flags (the release's layout).
-
-    The run folder is ``--save_model_dir`` itself for normal training and
-    ``--save_model_dir/<attack sub-folder>`` (``engine.cli.adv_subdir_name``) for adversarial
-    training, unless ``--no_sub_dir_model``. ``--resume`` reads ``model_latest.pt`` /
-    ``model_best.pt`` from the same sub-folder of ``--checkpoint_dir`` and continues writing
-    there; ``--resume_but_restart`` starts a new run in ``--save_model_dir``. ``None`` for
-    the folder with ``--debugging``.
-    """
-    from engine.cli import adv_subdir_name
-
-    sub = adv_subdir_name(args) if args.adv_training_mode and not args.no_sub_dir_model else ""
-    checkpoint = None
-    if args.resume:
-        checkpoint = os.path.normpath(os.path.join(args.checkpoint_dir, sub, BEST if args.resume_best else LATEST))
-    if args.debugging:
-        return None, checkpoint
-    parent = args.checkpoint_dir if args.resume and not args.resume_but_restart else args.save_model_dir
-    return os.path.normpath(os.path.join(parent, sub)), checkpoint
-
-
-def _check_folders(args: argparse.Namespace, run_dir: Optional[str], checkpoint: Optional[str]) -> None:
-    if checkpoint is not None and not os.path.isfile(checkpoint):
-        raise UserError(f"no checkpoint to resume at {checkpoint}; --checkpoint_dir must be the --save_model_dir of "
-                        "that run, with the same attack flags (they name its sub-folder) or --no_sub_dir_model")
-    fresh = not args.resume or args.resume_but_restart
-    if fresh and run_dir is not None:
-        found = [name for name in (LATEST, BEST) if os.path.exists(os.path.join(run_dir, name))]
-        if found:
-            parent = os.path.normpath(args.save_model_dir)
-            raise UserError(f"{run_dir} already holds {' and '.join(found)} of another run; continue it with "
-                            f"--resume --resume_latest --checkpoint_dir {parent}, or pick another --save_model_dir")
-    if args.use_pretrained and not args.resume and not os.path.isfile(args.pretrained_path):
-        raise UserError(f"--pretrained_path {args.pretrained_path} is not a file; pass the full path of a checkpoint (.pt)")
-
-
-def _log_header(args: argparse.Namespace, trainer_cls: type, run_dir: Optional[str], device, world: int) -> None:
-    from engine.cli import attack_summary
-
-    logger.info("%s of %s on %s (%d process%s)%s", trainer_cls.mode, args.model_name, device, world,
-                "es" if world > 1 else "", f", experiment {args.exp_name}" if args.exp_name else "")
-    if args.adv_training_mode:
-        logger.info("attack: %s", attack_summary(args))
-    if args.freq_reg_mode:
-        logger.info("frequency-consistency loss: norm %s, weight %g", args.freq_reg_norm, args.freq_reg_weight)
-    crops = crops_per_volume()
-    logger.info("effective batch: %d volume(s) x %d crops x %d process(es) = %d crops per step",
-                args.batch_size, crops, world, args.batch_size * crops * world)
-    if args.lrschedule not in ("warmup_cosine", "cosine_anneal"):
-        logger.info("--lrschedule %s: constant learning rate %g", args.lrschedule, args.optim_lr)
-    logger.info("run folder: %s", run_dir or "none (--debugging)")
-
-
-def _train_process(args: argparse.Namespace) -> TrainingResult:
-    """One process of a run (the only one, or one rank)."""
-    from networks import build_model_from_args
-    from networks.checkpoint import load_model_weights
-    from engine.cli import resolve_device, setup_logging
-    from utils.io import to_jsonable, write_json
-
-    with dist_utils.process_group(args) as device:
-        device = device or resolve_device(args.device)
-        rank, world = dist_utils.rank_and_world()
-        run_dir, checkpoint = run_folder(args)
-        _check_folders(args, run_dir, checkpoint)
-        seed_everything(args.seed)
-        model = build_model_from_args(args)
-        if args.use_pretrained and not args.resume:  # before any folder is made: a wrong checkpoint leaves none
-            load_model_weights(model, args.pretrained_path)
-
-        main = rank == 0
-        setup_logging(os.path.join(run_dir, "log.out") if run_dir and main else None, args.verbose)
-        if not main:
-            logging.getLogger().setLevel(logging.WARNING)
-        if run_dir is not None and main:
-            os.makedirs(run_dir, exist_ok=True)
-            if not args.resume or args.resume_but_restart or not os.path.exists(os.path.join(run_dir, "args.json")):
-                write_json(os.path.join(run_dir, "args.json"), to_jsonable(vars(args)))
-            logger.info("host %s, pid %d; arguments in %s", platform.node(), os.getpid(), os.path.join(run_dir, "args.json"))
-        dist_utils.barrier()
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        _log_header(args, TRAINERS[trainer_kind(args)], run_dir, device, world)
-        if args.use_pretrained and not args.resume:
-            logger.info("initial weights from %s", args.pretrained_path)
-        elif args.use_pretrained:
-            logger.info("--pretrained_path ignored: the weights come from %s", checkpoint)
-        logger.info("%s parameters", f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
-        train_loader = build_train_loader(args, rank, world)
-        val_loader, val_indices = build_val_loader(args, rank, world)
-        trainer = build_trainer(args, model, device, train_loader=train_loader, val_loader=val_loader,
-                                val_indices=val_indices, run_dir=run_dir)
-        if checkpoint is not None:
-            trainer.restore(checkpoint, restart=args.resume_but_restart)
-        return trainer.fit()
-
-
-def run_training(args: argparse.Namespace) -> TrainingResult:
-    """Run the training the flags describe (the training script's only call).
-
-    One process, or one rank of a ``torchrun``/``srun`` launch. ``--distributed``
-    without a launcher spawns one process per visible GPU (the release's launch).
-
-    Returns:
-        The :class:`TrainingResult` (of rank 0's view; a default one after a spawned launch).
-
-    Raises:
-        UserError: bad input (missing files, a checkpoint of another architecture, a run
-            folder that already holds checkpoints, ``--distributed`` without GPUs ...).
-    """
-    if not dist_utils.needs_spawn(args):
-        return _train_process(args)
-    prog = "run_normal_or_adv_training.py"
-    dist_utils.spawn_gpus(args, prog)  # no GPU: one clear error before anything else
-    run_dir, checkpoint = run_folder(args)
-    _check_folders(args, run_dir, checkpoint)
-    dist_utils.spawn_script(_train_process, args, prog)  # SIGTERM/SIGUSR1 reach the ranks
-    return TrainingResult(run_dir=run_dir)
+"""Trainer class per training mode (``engine.training`` picks one from the flags)."""

@@ -9,7 +9,7 @@ import torch
 from utils.seeding import derive_seed
 
 
-class EpochSampler(torch.data.loading.Sampler):
+class EpochSampler(torch.utils.data.Sampler):
     """Per-epoch shuffle, sharded across processes; yields ``(sample_seed, index)`` keys.
 
     The order of epoch ``e`` is a permutation drawn from ``derive_seed(seed, e)`` (the
@@ -54,7 +54,7 @@ class EpochSampler(torch.data.loading.Sampler):
             yield derive_seed(self.seed, self.epoch, index), index
 
 
-class EpochSeededDataset(torch.data.loading.Dataset):
+class EpochSeededDataset(torch.utils.data.Dataset):
     """Wraps a MONAI dataset: ``ds[(seed, index)]`` seeds its random transforms, then loads ``index``."""
 
     def __init__(self, dataset):

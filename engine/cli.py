@@ -1,9 +1,14 @@
-"""Command-line flags shared by the three entry scripts.
+"""The command line: flags of the three entry scripts, their checks, and typed settings.
 
-Flag names, spellings and defaults follow the paper's release (DESIGN §2), so its
-commands run unchanged; abbreviations stay allowed (``--out_channel`` is a prefix of
-``--out_channels`` in the release's own README). Each script composes the groups it
-needs; the checks of conflicting flags live in :func:`check_args`.
+Flag names, spellings and defaults follow the paper's release, so its commands run
+unchanged; abbreviations stay allowed (``--out_channel`` is a prefix of ``--out_channels``
+in the release's own README). The attack, model and dataset flags and choices come from
+the registries (:mod:`attacks.registry`, :mod:`networks.registry`, :mod:`data.datasets`):
+a registered attack or model with a new option gets its flag here without an edit.
+
+This is the only module that reads the parsed ``Namespace``: each script parses, then
+calls one of :func:`generation_job`, :func:`inference_job`, :func:`training_job`, and hands
+the typed result to the library.
 """
 
 from __future__ import annotations
@@ -12,43 +17,51 @@ import argparse
 import logging
 import os
 import sys
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
-import torch
-
-from utils.errors import UserError
+from attacks import ATTACKS, AttackSettings, all_attack_options, get_attack_class
+from data.datasets import DATASETS, get_dataset
+from data.loading import DataSettings, split_for_mode
+from networks import ModelSettings, WindowSettings, get_model_entry, model_options, MODELS
+from utils.distributed import LaunchSettings
+from utils.errors import EXIT_USER_ERROR, UserError
+from utils.io import to_jsonable
+from utils.options import add_options, option_values
 
 logger = logging.getLogger(__name__)
 
-ATTACK_NAMES = ("vafa-3d", "vafa-2d", "pgd", "fgsm", "bim", "gn")
+RUNTIME_FLAGS = frozenset({
+    "device", "workers", "overwrite", "debugging", "verbose", "attack_batch_size", "sw_batch_size",
+    "save_figures", "max_cases", "distributed", "world_size", "rank", "dist_url", "dist_backend",
+    "results_dir", "exp_name", "use_normal_dataset",
+})
+"""Flags that do not change a run's numbers: a run folder may be resumed with other values."""
+
+LR_SCHEDULES = ("warmup_cosine", "cosine_anneal")
+"""``--lrschedule`` values with a schedule; any other value trains at a constant rate (release)."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse`` parser whose errors are one line (no usage dump), exit status 2."""
 
     def error(self, message: str):  # noqa: D102 - argparse API
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def make_parser(description: str) -> ArgumentParser:
     return ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
-# --------------------------------------------------------------------------- groups
+# --------------------------------------------------------------------------- flag groups
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--model_name", default="unet-r", type=str, help="network architecture")
+    g.add_argument("--model_name", default="unet-r", choices=tuple(MODELS), help="network architecture")
     g.add_argument("--in_channels", default=1, type=int, help="input channels")
-    g.add_argument("--out_channels", default=14, type=int, help="output classes, background included")
-    g.add_argument("--feature_size", default=16, type=int, help="UNETR feature size")
-    g.add_argument("--hidden_size", default=768, type=int, help="ViT hidden size")
-    g.add_argument("--mlp_dim", default=3072, type=int, help="ViT MLP size")
-    g.add_argument("--num_heads", default=12, type=int, help="ViT attention heads")
-    g.add_argument("--pos_embed", default="perceptron", type=str, help="patch embedding (MONAI proj_type)")
-    g.add_argument("--norm_name", default="instance", type=str, help="decoder normalisation")
-    g.add_argument("--dropout_rate", default=0.0, type=float, help="dropout rate")
+    g.add_argument("--out_channels", default=None, type=int,
+                   help="output classes, background included (default: the dataset's class count, btcv 14)")
+    add_options(g, model_options())
     g.add_argument("--res_block", action="store_true", help="accepted for compatibility; UNETR always uses residual blocks")
     g.add_argument("--conv_block", action="store_true", help="accepted for compatibility; UNETR always uses conv blocks")
     g.add_argument("--roi_x", default=96, type=int, help="ROI size along x (H)")
@@ -60,11 +73,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="btcv", choices=("btcv", "acdc"), help="btcv = Synapse multi-organ CT")
+    described = "; ".join(f"{name} = {spec.description}" for name, spec in DATASETS.items())
+    g.add_argument("--dataset", default="btcv", choices=tuple(DATASETS), help=described)
     g.add_argument("--data_dir", default=None, type=str, help="dataset folder (imagesTr/, labelsTr/, JSON list)")
     g.add_argument("--json_list", default="dataset_synapse_18_12.json", type=str, help="Decathlon-style JSON split, relative to --data_dir or absolute")
-    g.add_argument("--a_min", default=-175.0, type=float, help="intensity window lower bound (HU)")
-    g.add_argument("--a_max", default=250.0, type=float, help="intensity window upper bound (HU)")
+    g.add_argument("--a_min", default=None, type=float,
+                   help="intensity window lower bound (default: the dataset's, btcv -175 HU; acdc: per-volume percentiles)")
+    g.add_argument("--a_max", default=None, type=float, help="intensity window upper bound (default: the dataset's, btcv 250 HU)")
     g.add_argument("--b_min", default=0.0, type=float, help="scaled lower bound")
     g.add_argument("--b_max", default=1.0, type=float, help="scaled upper bound")
     g.add_argument("--space_x", default=1.5, type=float, help="resampled spacing along x (mm)")
@@ -86,18 +101,9 @@ def add_pretrained_args(parser: argparse.ArgumentParser) -> None:
 
 def add_attack_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("attack")
-    g.add_argument("--attack_name", default="vafa-3d", choices=ATTACK_NAMES, help="attack")
-    g.add_argument("--steps", default=20, type=int, help="attack iterations (honoured for VAFA too, unlike the release)")
-    g.add_argument("--alpha", default=0.01, type=float, help="PGD/BIM step size on the [0,1] scale")
-    g.add_argument("--eps", default=4, type=float, help="L-inf budget on the [0,255] scale")
-    g.add_argument("--std", default=4, type=float, help="Gaussian-noise std on the [0,255] scale")
-    g.add_argument("--targeted", action="store_true", help="targeted attack towards --target_class")
+    g.add_argument("--attack_name", default="vafa-3d", choices=tuple(ATTACKS), help="attack")
+    add_options(g, all_attack_options())
     g.add_argument("--target_class", default=0, type=int, help="class every voxel is pushed to under --targeted (0 = background)")
-    g.add_argument("--q_max", default=20, type=float, help="VAFA: upper bound of the quantisation tables")
-    g.add_argument("--q_min", default=5, type=float, help="VAFA: lower bound of the quantisation tables (release: 5)")
-    g.add_argument("--q_init", default="max", choices=("max", "one"), help="VAFA: start tables at q_max (release) or 1 (paper's Algorithm 1: pair with --q_min 1, the start is clipped to [q_min, q_max])")
-    g.add_argument("--use_ssim_loss", action="store_true", help="VAFA-3D: add the block-wise SSIM term")
-    g.add_argument("--block_size", default=[8, 8, 8], type=int, nargs="+", help="VAFA DCT block: 3 sides (vafa-3d) or 2 (vafa-2d)")
     g.add_argument("--attack_batch_size", default=6, type=int, help="ROI tiles attacked together (release: 6)")
 
 
@@ -127,195 +133,6 @@ def add_eval_output_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="start the run folder afresh instead of skipping finished cases")
     g.add_argument("--save_figures", action="store_true", help="one PNG per case: slices, perturbation, predictions")
     g.add_argument("--max_cases", default=None, type=int, help="evaluate only the first N cases")
-
-
-# --------------------------------------------------------------------------- checks and helpers
-
-
-def check_attack_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Conflicts among attack flags; converts ``block_size`` to a tuple."""
-    args.block_size = tuple(args.block_size)
-    if args.attack_name == "vafa-3d" and len(args.block_size) != 3:
-        parser.error(f"--attack_name vafa-3d needs three --block_size sides, got {list(args.block_size)}")
-    if args.attack_name == "vafa-2d" and len(args.block_size) != 2:
-        parser.error(f"--attack_name vafa-2d needs two --block_size sides, got {list(args.block_size)}")
-    if args.attack_name.startswith("vafa"):
-        roi = (args.roi_x, args.roi_y, args.roi_z)[: len(args.block_size)]
-        if any(b <= 0 for b in args.block_size):
-            parser.error(f"--block_size must be positive, got {list(args.block_size)}")
-        if any(r % b for r, b in zip(roi, args.block_size)):
-            parser.error(f"ROI {roi} is not divisible by --block_size {tuple(args.block_size)}; choose a block that divides --roi_x/--roi_y/--roi_z")
-        if args.q_min > args.q_max:
-            parser.error(f"--q_min ({args.q_min}) must not exceed --q_max ({args.q_max})")
-    if args.steps < 1:
-        parser.error(f"--steps must be at least 1, got {args.steps}")
-    if args.eps < 0 or args.std < 0 or args.alpha < 0:
-        parser.error(f"--eps, --std and --alpha must be non-negative, got {args.eps}, {args.std}, {args.alpha}")
-    if args.attack_batch_size < 1:
-        parser.error(f"--attack_batch_size must be at least 1, got {args.attack_batch_size}")
-    if args.targeted and not 0 <= args.target_class < args.out_channels:
-        parser.error(f"--target_class must be in [0, {args.out_channels - 1}], got {args.target_class}")
-
-
-def check_data_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if not args.data_dir:
-        parser.error("--data_dir is required: the dataset folder holding imagesTr/, labelsTr/ and the JSON list")
-    if not 0 <= args.infer_overlap < 1:
-        parser.error(f"--infer_overlap must be in [0, 1), got {args.infer_overlap}")
-
-
-def check_pretrained_args(args: argparse.Namespace, parser: argparse.ArgumentParser, required: bool) -> None:
-    if args.pretrained_path:
-        args.use_pretrained = True
-    elif args.use_pretrained or required:
-        parser.error("--pretrained_path is required: the full path of the model checkpoint (.pt)")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``--device`` to a ``torch.device``; CUDA when available and none is named."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"--device {name!r} is not a torch device ({err}); use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for but CUDA is not available here; use --device cpu")
-    return device
-
-
-def attack_config(args: argparse.Namespace) -> dict:
-    """Keyword arguments of ``attacks.build_attack`` for ``--attack_name`` (ε and σ moved to [0,1])."""
-    name = args.attack_name
-    if name in ("vafa-3d", "vafa-2d"):
-        return dict(
-            q_max=args.q_max,
-            q_min=args.q_min,
-            q_init=args.q_init,
-            steps=args.steps,
-            block_size=tuple(args.block_size),
-            use_ssim_loss=args.use_ssim_loss,
-            targeted=args.targeted,
-        )
-    if name in ("pgd", "bim"):
-        return dict(eps=args.eps / 255.0, alpha=args.alpha, steps=args.steps, targeted=args.targeted)
-    if name == "fgsm":
-        return dict(eps=args.eps / 255.0, targeted=args.targeted)
-    if name == "gn":
-        return dict(std=args.std / 255.0)
-    raise UserError(f"unknown --attack_name {name!r}; valid names: {', '.join(ATTACK_NAMES)}")
-
-
-def build_attack_from_args(args: argparse.Namespace, model: torch.nn.Module, loss_fn):
-    from attacks import build_attack
-
-    return build_attack(args.attack_name, model, loss_fn, **attack_config(args))
-
-
-def adv_subdir_name(args: argparse.Namespace) -> str:
-    """The release's run-folder name for an attack (DESIGN §2); numbers print as parsed."""
-    name, bs = args.attack_name, tuple(args.block_size)
-    if name == "pgd":
-        return f"pgd_alpha_{args.alpha}_eps_{args.eps}_i_{args.steps}"
-    if name == "fgsm":
-        return f"fgsm_eps_{args.eps}"
-    if name == "bim":
-        return f"bim_alpha_{args.alpha}_eps_{args.eps}_i_{args.steps}"
-    if name == "gn":
-        return f"gn_std_{args.std}"
-    if name == "vafa-2d":
-        return f"vafa_q_max_{args.q_max}_i_{args.steps}_2d_dct_{bs[0]}x{bs[1]}"
-    if name == "vafa-3d":
-        return f"vafa_q_max_{args.q_max}_i_{args.steps}_3d_dct_{bs[0]}x{bs[1]}x{bs[2]}_use_ssim_loss_{args.use_ssim_loss}"
-    raise UserError(f"unknown --attack_name {name!r}; valid names: {', '.join(ATTACK_NAMES)}")
-
-
-def attack_summary(args: argparse.Namespace) -> str:
-    """One line describing the attack, for logs and tables."""
-    name = args.attack_name
-    if name in ("pgd", "bim"):
-        return f"{name.upper()}: alpha={args.alpha}, eps={args.eps}/255, steps={args.steps}, targeted={args.targeted}"
-    if name == "fgsm":
-        return f"FGSM: eps={args.eps}/255, targeted={args.targeted}"
-    if name == "gn":
-        return f"GN: std={args.std}/255"
-    ssim = f", use_ssim_loss={args.use_ssim_loss}" if name == "vafa-3d" else ""
-    return (
-        f"{name.upper()}: q_max={args.q_max}, q_min={args.q_min}, steps={args.steps}, "
-        f"block_size={tuple(args.block_size)}{ssim}, targeted={args.targeted}"
-    )
-
-
-def setup_logging(log_file: str | None = None, verbose: bool = False) -> None:
-    """Log to stderr and, when given, append to ``log_file`` (the run folder's ``log.out``)."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_vafa", False):
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    from utils.distributed import rank_and_world
-
-    rank, world = rank_and_world()
-    tag = f" [rank {rank}/{world}]" if world > 1 else ""  # several processes share one console
-    fmt = logging.Formatter(f"%(asctime)s{tag} %(levelname)s %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="a"))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        handler._vafa = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-
-
-def run_cli(main_fn, args: argparse.Namespace, prog: str) -> int:
-    """Run a script body, turning ``UserError`` into one line on stderr and exit status 2.
-
-    The process group, if the body joined one, is left in every case (``destroy_process_group``).
-    """
-    from utils import distributed as dist_utils
-    from utils.errors import EXIT_USER_ERROR
-
-    try:
-        main_fn(args)
-    except UserError as err:
-        sys.stderr.write(f"{prog}: error: {err}\n")
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: interrupted\n")
-        return 130
-    finally:
-        dist_utils.cleanup()
-    return 0
-
-
-def parse_with(parser: argparse.ArgumentParser, argv: Sequence[str] | None, checks: Iterable) -> argparse.Namespace:
-    args = parser.parse_args(argv)
-    for check in checks:
-        check(args, parser)
-    return args
-
-
-def parse_eval_args(description: str, argv: Sequence[str] | None, check) -> argparse.Namespace:
-    """Parser of the two evaluation scripts: same flags, a script-specific final check."""
-    parser = make_parser(description)
-    for add in (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_eval_output_args, add_runtime_args):
-        add(parser)
-
-    def common(args, parser):
-        check_pretrained_args(args, parser, required=True)
-        check_attack_args(args, parser)
-        if args.gen_val_adv_mode and args.gen_train_adv_mode:
-            parser.error("--gen_val_adv_mode and --gen_train_adv_mode exclude each other; pick one split")
-
-    return parse_with(parser, argv, (check_data_args, common, check))
-
-
-# --------------------------------------------------------------------------- training (run_normal_or_adv_training.py)
-
-LR_SCHEDULES = ("warmup_cosine", "cosine_anneal")
-"""``--lrschedule`` values with a schedule; any other value trains at a constant rate (release)."""
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -364,8 +181,72 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                    help="validation cases attacked with --val_attack (bounds its cost)")
 
 
+# --------------------------------------------------------------------------- checks
+
+
+def check_model_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Model and data flags: required folder, ranges, the dataset's defaults filled in."""
+    if not args.data_dir:
+        parser.error("--data_dir is required: the dataset folder holding imagesTr/, labelsTr/ and the JSON list")
+    if not 0 <= args.infer_overlap < 1:
+        parser.error(f"--infer_overlap must be in [0, 1), got {args.infer_overlap}")
+    spec = get_dataset(args.dataset)
+    if args.out_channels is None:
+        args.out_channels = spec.num_classes
+    if args.a_min is None and args.a_max is None and spec.window is not None:
+        args.a_min, args.a_max = spec.window
+    if (args.a_min is None) != (args.a_max is None):
+        parser.error("--a_min and --a_max go together: give both (an intensity window) or neither")
+    if args.a_min is not None and not args.a_min < args.a_max:
+        parser.error(f"--a_min must be below --a_max, got {args.a_min} and {args.a_max}")
+    if not args.b_min < args.b_max:
+        parser.error(f"--b_min must be below --b_max, got {args.b_min} and {args.b_max}")
+    for name in ("in_channels", "out_channels", "roi_x", "roi_y", "roi_z", "sw_batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.workers < 0:
+        parser.error(f"--workers must not be negative, got {args.workers}")
+    try:
+        option_values(get_model_entry(args.model_name).options, args)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def check_attack_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """The attack's own checks (its constructor and tile check) as one-line parser errors;
+    list-valued options (``--block_size``) become tuples, as the release's checks left them."""
+    for option in all_attack_options():
+        if isinstance(getattr(args, option.name, None), list):
+            setattr(args, option.name, tuple(getattr(args, option.name)))
+    try:
+        settings = attack_settings(args)
+        settings.validate((args.roi_x, args.roi_y, args.roi_z))
+    except ValueError as err:
+        parser.error(str(err))
+    if args.attack_batch_size < 1:
+        parser.error(f"--attack_batch_size must be at least 1, got {args.attack_batch_size}")
+    if settings.targeted and not 0 <= args.target_class < args.out_channels:
+        parser.error(f"--target_class must be in [0, {args.out_channels - 1}], got {args.target_class}")
+
+
+def check_pretrained_args(args: argparse.Namespace, parser: argparse.ArgumentParser, required: bool) -> None:
+    if args.pretrained_path:
+        args.use_pretrained = True
+    elif args.use_pretrained or required:
+        parser.error("--pretrained_path is required: the full path of the model checkpoint (.pt)")
+
+
+def check_eval_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    check_pretrained_args(args, parser, required=True)
+    if args.gen_val_adv_mode and args.gen_train_adv_mode:
+        parser.error("--gen_val_adv_mode and --gen_train_adv_mode exclude each other; pick one split")
+    if args.max_cases is not None and args.max_cases < 1:
+        parser.error(f"--max_cases must be at least 1, got {args.max_cases}")
+
+
 def check_training_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Conflicts among the training flags (one-line ``parser.error``, exit status 2)."""
+    check_pretrained_args(args, parser, required=False)
     if args.freq_reg_mode and not args.adv_training_mode:
         parser.error("--freq_reg_mode needs --adv_training_mode (VAFT is adversarial training with the frequency loss)")
     if (args.resume_latest or args.resume_best or args.resume_but_restart) and not args.resume:
@@ -381,27 +262,209 @@ def check_training_args(args: argparse.Namespace, parser: argparse.ArgumentParse
         if args.resume_but_restart:
             parser.error("--resume_but_restart starts a new run: pass --save_model_dir for its folder "
                          "(the checkpoint's own folder is never overwritten)")
-    for name in ("batch_size", "max_epochs", "val_every"):
+    for name in ("batch_size", "max_epochs", "val_every", "val_attack_cases"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.warmup_epochs < 0:
         parser.error(f"--warmup_epochs must not be negative, got {args.warmup_epochs}")
-    if args.optim_lr < 0 or args.reg_weight < 0:
-        parser.error(f"--optim_lr and --reg_weight must not be negative, got {args.optim_lr}, {args.reg_weight}")
-    if args.freq_reg_weight < 0:
-        parser.error(f"--freq_reg_weight must not be negative, got {args.freq_reg_weight}")
-    if args.val_attack_cases < 1:
-        parser.error(f"--val_attack_cases must be at least 1, got {args.val_attack_cases}")
+    for name in ("optim_lr", "reg_weight", "momentum", "freq_reg_weight", "smooth_nr", "smooth_dr"):
+        value = getattr(args, name)
+        if not (value >= 0 and value != float("inf")):
+            parser.error(f"--{name} must be a finite number >= 0, got {value}")
     args.amp = not args.noamp
 
 
-def parse_training_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parser of the training script: model, data, weights, attack, training and runtime flags."""
+def parse(description: str, argv: Sequence[str] | None, groups: Iterable[Callable], checks: Iterable[Callable]
+          ) -> argparse.Namespace:
+    """Build a parser from flag groups, parse ``argv`` and run the checks in order."""
     parser = make_parser(description)
-    for add in (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_training_args, add_runtime_args):
+    for add in groups:
         add(parser)
+    args = parser.parse_args(argv)
+    for check in checks:
+        check(args, parser)
+    return args
 
-    def weights(args, parser):
-        check_pretrained_args(args, parser, required=False)
 
-    return parse_with(parser, argv, (check_data_args, weights, check_attack_args, check_training_args))
+EVAL_GROUPS = (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_eval_output_args, add_runtime_args)
+TRAINING_GROUPS = (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_training_args, add_runtime_args)
+
+
+def parse_eval_args(description: str, argv: Sequence[str] | None, check: Callable) -> argparse.Namespace:
+    """Parser of the two evaluation scripts: same flags, a script-specific final check."""
+    return parse(description, argv, EVAL_GROUPS, (check_model_args, check_eval_args, check_attack_args, check))
+
+
+def parse_training_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parser of the training script."""
+    return parse(description, argv, TRAINING_GROUPS, (check_model_args, check_attack_args, check_training_args))
+
+
+# --------------------------------------------------------------------------- typed settings
+
+
+def attack_settings(args: argparse.Namespace) -> AttackSettings:
+    """The selected attack with its own option values (as typed), checked for finiteness."""
+    cls = get_attack_class(args.attack_name)
+    return AttackSettings(name=args.attack_name, values=option_values(cls.options, args),
+                          target_class=args.target_class, batch_size=args.attack_batch_size)
+
+
+def adv_subdir_name(args: argparse.Namespace) -> str:
+    """The release's run-folder name of the selected attack (from the attack class)."""
+    cls = get_attack_class(args.attack_name)
+    return cls.folder_name(option_values(cls.options, args))
+
+
+def model_settings(args: argparse.Namespace) -> ModelSettings:
+    """The selected model with only the options it declares."""
+    entry = get_model_entry(args.model_name)
+    return ModelSettings(name=args.model_name, in_channels=args.in_channels, out_channels=args.out_channels,
+                         roi=(args.roi_x, args.roi_y, args.roi_z), options=option_values(entry.options, args))
+
+
+def data_settings(args: argparse.Namespace) -> DataSettings:
+    return DataSettings(
+        dataset=args.dataset, data_dir=args.data_dir, json_list=args.json_list,
+        a_min=args.a_min, a_max=args.a_max, b_min=args.b_min, b_max=args.b_max,
+        spacing=(args.space_x, args.space_y, args.space_z), roi=(args.roi_x, args.roi_y, args.roi_z),
+        workers=args.workers, flip_prob=args.RandFlipd_prob, rotate90_prob=args.RandRotate90d_prob,
+        scale_intensity_prob=args.RandScaleIntensityd_prob, shift_intensity_prob=args.RandShiftIntensityd_prob,
+        use_normal_dataset=args.use_normal_dataset,
+    )
+
+
+def window_settings(args: argparse.Namespace) -> WindowSettings:
+    return WindowSettings(roi=(args.roi_x, args.roi_y, args.roi_z), sw_batch_size=args.sw_batch_size,
+                          overlap=args.infer_overlap)
+
+
+def launch_settings(args: argparse.Namespace) -> LaunchSettings:
+    return LaunchSettings(device=args.device, distributed=args.distributed, world_size=args.world_size,
+                          rank=args.rank, dist_url=args.dist_url, dist_backend=args.dist_backend)
+
+
+def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_folder: str | None = None):
+    from engine.evaluation import EvalJob
+
+    return EvalJob(
+        model=model_settings(args), data=data_settings(args), window=window_settings(args),
+        attack=attack_settings(args), checkpoint=args.pretrained_path,
+        split=split_for_mode(args.gen_train_adv_mode), max_cases=args.max_cases, run_dir=run_dir,
+        adv_folder=adv_folder, save_dtype=args.save_dtype, save_figures=args.save_figures,
+        overwrite=args.overwrite, seed=args.seed, verbose=args.verbose, title=title,
+        launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
+    )
+
+
+def generation_job(args: argparse.Namespace):
+    """:class:`engine.evaluation.EvalJob` of ``generate_adv_samples.py``."""
+    attack = attack_settings(args)
+    run_dir = None
+    if not args.debugging:
+        sub = "" if args.no_sub_dir_adv_images else attack.folder_name()
+        run_dir = os.path.normpath(os.path.join(args.save_adv_images_dir, sub))
+    return _eval_job(args, run_dir, attack.summary())
+
+
+def inference_job(args: argparse.Namespace):
+    """:class:`engine.evaluation.EvalJob` of ``inference_on_saved_adv_samples.py``."""
+    attack = attack_settings(args)
+    sub = "" if args.no_sub_dir_adv_images else attack.folder_name()
+    folder = os.path.normpath(os.path.join(args.adv_images_dir, sub))
+    if not os.path.isdir(folder):
+        hint = "" if args.no_sub_dir_adv_images else (" (the attack flags name the sub-folder; pass "
+                                                     "--no_sub_dir_adv_images to use the folder itself)")
+        raise UserError(f"adversarial images folder not found: {folder}{hint}")
+    stem = os.path.splitext(os.path.basename(args.pretrained_path))[0]
+    run_dir = None if args.debugging else os.path.normpath(args.results_dir or os.path.join(folder, "inference", stem))
+    return _eval_job(args, run_dir, f"saved {attack.summary()}", adv_folder=folder)
+
+
+def training_job(args: argparse.Namespace):
+    """:class:`engine.training.TrainingJob` of ``run_normal_or_adv_training.py``."""
+    from engine.optim import OptimSettings
+    from engine.training import TrainingJob
+
+    attack = attack_settings(args)
+    sub = attack.folder_name() if args.adv_training_mode and not args.no_sub_dir_model else ""
+    checkpoint = None
+    if args.resume:
+        checkpoint = os.path.normpath(os.path.join(args.checkpoint_dir, sub,
+                                                   "model_best.pt" if args.resume_best else "model_latest.pt"))
+    continuing = args.resume and not args.resume_but_restart
+    parent = args.checkpoint_dir if continuing else args.save_model_dir
+    run_dir = None if args.debugging else os.path.normpath(os.path.join(parent, sub))
+    resume_hint = f"--resume --resume_latest --checkpoint_dir {parent}" + (" --no_sub_dir_model" if args.no_sub_dir_model else "")
+    mode = ("vaft" if args.freq_reg_mode else "adversarial") if args.adv_training_mode else "normal"
+    return TrainingJob(
+        model=model_settings(args), data=data_settings(args), window=window_settings(args), attack=attack,
+        optim=OptimSettings(name=args.optim_name, lr=args.optim_lr, weight_decay=args.reg_weight,
+                            momentum=args.momentum, schedule=args.lrschedule, warmup_epochs=args.warmup_epochs,
+                            max_epochs=args.max_epochs),
+        mode=mode, batch_size=args.batch_size, max_epochs=args.max_epochs, val_every=args.val_every,
+        amp=not args.noamp, smooth_nr=args.smooth_nr, smooth_dr=args.smooth_dr,
+        freq_reg_norm=args.freq_reg_norm, freq_reg_weight=args.freq_reg_weight,
+        val_attack=args.val_attack, val_attack_cases=args.val_attack_cases,
+        save_checkpoint=args.save_checkpoint, run_dir=run_dir, resume_from=checkpoint,
+        restart=args.resume_but_restart, pretrained=args.pretrained_path if args.use_pretrained else None,
+        logdir=args.logdir, seed=args.seed, verbose=args.verbose, exp_name=args.exp_name,
+        resume_hint=resume_hint, new_run_parent=None if continuing else args.save_model_dir,
+        launch=launch_settings(args), record=to_jsonable(vars(args)),
+    )
+
+
+# --------------------------------------------------------------------------- running a script
+
+
+def setup_logging(log_file: str | None = None, verbose: bool = False) -> None:
+    """Log to stderr and, when given, append to ``log_file`` (the run folder's ``log.out``)."""
+    from utils.distributed import rank_and_world
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_vafa", False):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    rank, world = rank_and_world()
+    tag = f" [rank {rank}/{world}]" if world > 1 else ""  # several processes share one console
+    fmt = logging.Formatter(f"%(asctime)s{tag} %(levelname)s %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="a"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler._vafa = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+
+
+def run_cli(main_fn: Callable, job, prog: str) -> int:
+    """Run a script body, turning ``UserError`` into one line on stderr and exit status 2.
+
+    The process group, if the body joined one, is left in every case.
+    """
+    from utils import distributed as dist_utils
+
+    try:
+        main_fn(job)
+    except UserError as err:
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+    finally:
+        dist_utils.cleanup()
+    return 0
+
+
+def run_script(job_from_args: Callable, main_fn: Callable, args: argparse.Namespace, prog: str) -> int:
+    """Convert the parsed flags to the job (a ``UserError`` there is one line too) and run it."""
+    try:
+        job = job_from_args(args)
+    except UserError as err:
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return EXIT_USER_ERROR
+    return run_cli(main_fn, job, prog)

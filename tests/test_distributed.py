@@ -23,7 +23,7 @@ import torch
 import generate_adv_samples as gen
 import inference_on_saved_adv_samples as inf
 import run_normal_or_adv_training as train_script
-from networks import build_model_from_args
+from engine.cli import model_settings
 from networks.checkpoint import load_model_weights, read_checkpoint
 from tests.dist_probe import spawned_probe
 from tests.scripts.helpers import data_flags, make_tiny_checkpoint, run_main, tiny_model_flags
@@ -302,7 +302,7 @@ def test_two_process_training(tiny_dataset, tmp_path):
     ckpt = read_checkpoint(os.path.join(out, "model_latest.pt"))
     assert ckpt["epoch"] == 1 and ckpt["world_size"] == 2
     assert not any(k.startswith("module.") for k in ckpt["model_state_dict"])
-    model = build_model_from_args(train_script.parse_args(argv))
+    model = model_settings(train_script.parse_args(argv)).build()
     load_model_weights(model, os.path.join(out, "model_latest.pt"))
     for key, value in model.state_dict().items():
         assert torch.equal(value, ckpt["model_state_dict"][key]), key

@@ -11,10 +11,24 @@ import pytest
 import torch
 
 import trainer as tr
+from data import sampling
+from engine import cli, optim, training
+from utils import seeding
 from networks import build_model
 from networks.checkpoint import read_checkpoint, save_checkpoint
 from run_normal_or_adv_training import parse_args
 from engine.losses import build_dice_ce, frequency_consistency_loss
+
+
+def run_folder(args):
+    """``(run folder, checkpoint to resume)`` the training script derives from its flags."""
+    job = cli.training_job(args)
+    return job.run_dir, job.resume_from
+
+
+def make_trainer(args, model, device, **kwargs):
+    """The trainer the training script builds for these flags (loss, optimiser, schedule, attack)."""
+    return training.build_trainer(cli.training_job(args), model, device, **kwargs)
 
 ROI = (16, 16, 16)
 CLASSES = 3
@@ -48,46 +62,46 @@ def fixed_batch(seed: int = 0, batch: int = 2) -> dict:
 
 
 def test_warmup_cosine_follows_the_release_closed_form():
-    f = lambda e: tr.warmup_cosine_factor(e, warmup_epochs=5, max_epochs=15)  # noqa: E731
+    f = lambda e: optim.warmup_cosine_factor(e, warmup_epochs=5, max_epochs=15)  # noqa: E731
     assert f(0) == 0.0  # the release trains epoch 0 at learning rate 0
     assert f(2) == pytest.approx(0.5) and f(4) == pytest.approx(1.0)
     assert f(5) == pytest.approx(1.0) and f(10) == pytest.approx(0.5) and f(15) == pytest.approx(0.0, abs=1e-12)
     # guards where the release divides by zero
-    assert tr.warmup_cosine_factor(0, 1, 10) == 0.0 and tr.warmup_cosine_factor(1, 1, 10) == pytest.approx(1.0)
-    assert tr.warmup_cosine_factor(3, 10, 10) == pytest.approx(3 / 9) and tr.warmup_cosine_factor(12, 10, 10) == 1.0
-    assert tr.warmup_cosine_factor(0, 0, 4) == 1.0
+    assert optim.warmup_cosine_factor(0, 1, 10) == 0.0 and optim.warmup_cosine_factor(1, 1, 10) == pytest.approx(1.0)
+    assert optim.warmup_cosine_factor(3, 10, 10) == pytest.approx(3 / 9) and optim.warmup_cosine_factor(12, 10, 10) == 1.0
+    assert optim.warmup_cosine_factor(0, 0, 4) == 1.0
 
 
 def test_schedules_step_per_epoch_and_match_torch_cosine():
     args = make_args("--lrschedule", "cosine_anneal", "--max_epochs", "7", "--optim_lr", "0.1")
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    ours = tr.build_scheduler(args, opt)
+    ours = optim.build_scheduler(cli.training_job(args).optim, opt)
     ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     ref = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=7)
     for _ in range(7):
         assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], abs=1e-12)
         opt.step(), ref_opt.step(), ours.step(), ref.step()
     warm_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    warm = tr.build_scheduler(make_args("--warmup_epochs", "3", "--max_epochs", "9"), warm_opt)
+    warm = optim.build_scheduler(cli.training_job(make_args("--warmup_epochs", "3", "--max_epochs", "9")).optim, warm_opt)
     lrs = []
     for _ in range(4):
         lrs.append(warm_opt.param_groups[0]["lr"])
         warm_opt.step(), warm.step()
     assert lrs == pytest.approx([0.0, 0.5, 1.0, 1.0])
-    assert tr.build_scheduler(make_args("--lrschedule", "none"), opt) is None
+    assert optim.build_scheduler(cli.training_job(make_args("--lrschedule", "none")).optim, opt) is None
 
 
 def test_scheduler_state_round_trips_without_callables():
     args = make_args("--warmup_epochs", "3", "--max_epochs", "9")
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=1.0)
-    sched = tr.build_scheduler(args, opt)
+    sched = optim.build_scheduler(cli.training_job(args).optim, opt)
     for _ in range(4):
         opt.step(), sched.step()
     state = sched.state_dict()
     assert state["lr_lambdas"] == [None] and state["last_epoch"] == 4
     opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched2 = tr.build_scheduler(args, opt2)
+    sched2 = optim.build_scheduler(cli.training_job(args).optim, opt2)
     opt2.load_state_dict(opt.state_dict())
     sched2.load_state_dict(state)
     opt2.step(), sched2.step(), opt.step(), sched.step()
@@ -97,7 +111,7 @@ def test_scheduler_state_round_trips_without_callables():
 @pytest.mark.parametrize("name, cls", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
 def test_optimisers_take_the_release_hyperparameters(name, cls):
     args = make_args("--optim_name", name, "--optim_lr", "0.01", "--reg_weight", "0.001")
-    opt = tr.build_optimizer(args, [torch.nn.Parameter(torch.zeros(1))])
+    opt = optim.build_optimizer(cli.training_job(args).optim, [torch.nn.Parameter(torch.zeros(1))])
     group = opt.param_groups[0]
     assert isinstance(opt, cls) and group["lr"] == 0.01 and group["weight_decay"] == 0.001
     if name == "sgd":
@@ -105,16 +119,16 @@ def test_optimisers_take_the_release_hyperparameters(name, cls):
 
 
 def test_no_autocast_on_cpu():
-    assert tr.amp_dtype_for(torch.device("cpu"), True) is None
-    assert tr.amp_dtype_for(torch.device("cuda"), False) is None
+    assert optim.amp_dtype_for(torch.device("cpu"), True) is None
+    assert optim.amp_dtype_for(torch.device("cuda"), False) is None
 
 
 # --------------------------------------------------------------------------- data order
 
 
 def test_epoch_sampler_is_reproducible_and_shards_without_overlap():
-    a = list(tr.EpochSampler(7, seed=3))
-    s = tr.EpochSampler(7, seed=3)
+    a = list(sampling.EpochSampler(7, seed=3))
+    s = sampling.EpochSampler(7, seed=3)
     assert list(s) == a  # epoch 0 again
     s.set_epoch(1)
     b = list(s)
@@ -122,7 +136,7 @@ def test_epoch_sampler_is_reproducible_and_shards_without_overlap():
     assert len({seed for seed, _ in a}) == 7  # one augmentation seed per sample
     shards = []
     for rank in range(3):
-        sampler = tr.EpochSampler(7, seed=3, rank=rank, world=3)
+        sampler = sampling.EpochSampler(7, seed=3, rank=rank, world=3)
         sampler.set_epoch(1)
         shards.append([i for _, i in sampler])
         assert len(shards[-1]) == len(sampler) == 3
@@ -143,7 +157,7 @@ def test_epoch_seeded_dataset_seeds_the_transform_per_key():
         def __getitem__(self, index):
             return index, self.transform.seed
 
-    ds = tr.EpochSeededDataset(Data())
+    ds = sampling.EpochSeededDataset(Data())
     assert ds[(11, 1)] == (1, 11) and ds[(5, 0)] == (0, 5) and len(ds) == 2
 
 
@@ -152,9 +166,9 @@ def test_epoch_seeded_dataset_seeds_the_transform_per_key():
 
 def test_build_trainer_picks_the_class_from_the_flags():
     model = tiny_model()
-    assert type(tr.build_trainer(make_args(), model, torch.device("cpu"))) is tr.Trainer
-    assert type(tr.build_trainer(make_args("--adv_training_mode"), model, torch.device("cpu"))) is tr.AdversarialTrainer
-    vaft = tr.build_trainer(make_args("--adv_training_mode", "--freq_reg_mode"), model, torch.device("cpu"))
+    assert type(make_trainer(make_args(), model, torch.device("cpu"))) is tr.Trainer
+    assert type(make_trainer(make_args("--adv_training_mode"), model, torch.device("cpu"))) is tr.AdversarialTrainer
+    vaft = make_trainer(make_args("--adv_training_mode", "--freq_reg_mode"), model, torch.device("cpu"))
     assert type(vaft) is tr.VAFTTrainer
 
 
@@ -162,7 +176,7 @@ def test_build_trainer_picks_the_class_from_the_flags():
                          ids=["normal", "vaft"])
 def test_train_step_lowers_the_loss_on_a_fixed_batch(flags):
     args = make_args("--optim_name", "adam", "--optim_lr", "3e-3", "--lrschedule", "constant", *flags)
-    trainer = tr.build_trainer(args, tiny_model(), torch.device("cpu"))
+    trainer = make_trainer(args, tiny_model(), torch.device("cpu"))
     batch = fixed_batch()
     torch.manual_seed(0)
     losses = [trainer.train_step(batch)["loss"] for _ in range(6)]
@@ -180,7 +194,7 @@ def _captured_attack(trainer):
         seen["adv"] = attack(images, labels)
         return seen["adv"]
 
-    trainer._attack = wrapped
+    trainer.attack = wrapped
     return seen
 
 
@@ -191,7 +205,7 @@ def test_adversarial_step_leaves_only_the_training_gradients(mode):
         flags += ["--freq_reg_mode", "--freq_reg_weight", "0.5"]
     # lr 0, no weight decay: the step leaves the weights as they were, so the gradients can be recomputed
     args = make_args("--optim_name", "sgd", "--optim_lr", "0", "--reg_weight", "0", "--lrschedule", "constant", *flags)
-    trainer = tr.build_trainer(args, tiny_model(), torch.device("cpu"))
+    trainer = make_trainer(args, tiny_model(), torch.device("cpu"))
     reference = copy.deepcopy(trainer.module)
     trainer.module.eval()  # the step must put it back into train mode
     seen = _captured_attack(trainer)
@@ -221,7 +235,7 @@ def test_adversarial_step_leaves_only_the_training_gradients(mode):
 def test_targeted_training_attacks_towards_the_target_class():
     args = make_args("--adv_training_mode", "--attack_name", "fgsm", "--targeted", "--target_class", "2",
                      "--optim_lr", "0", "--reg_weight", "0")
-    trainer = tr.build_trainer(args, tiny_model(), torch.device("cpu"))
+    trainer = make_trainer(args, tiny_model(), torch.device("cpu"))
     seen = _captured_attack(trainer)
     trainer.train_step(fixed_batch())
     assert bool((seen["labels"] == 2).all())
@@ -230,7 +244,7 @@ def test_targeted_training_attacks_towards_the_target_class():
 def test_validate_reports_the_mean_case_dice():
     args = make_args("--val_attack", "--attack_name", "gn", "--val_attack_cases", "1", "--infer_overlap", "0")
     batches = [fixed_batch(seed, batch=1) for seed in range(2)]
-    trainer = tr.build_trainer(args, tiny_model(), torch.device("cpu"), val_loader=batches)
+    trainer = make_trainer(args, tiny_model(), torch.device("cpu"), val_loader=batches)
     out = trainer.validate(0)
     assert 0.0 <= out["val_dice"] <= 1.0 and 0.0 <= out["val_dice_adv"] <= 1.0
     from utils.metrics import class_mean, dice_per_class
@@ -244,7 +258,7 @@ def test_validate_reports_the_mean_case_dice():
 
 def test_checkpoint_loads_with_weights_only_and_restores_the_state(tmp_path):
     args = make_args("--optim_name", "adamw", "--lrschedule", "cosine_anneal", "--max_epochs", "4")
-    trainer = tr.build_trainer(args, tiny_model(), torch.device("cpu"))
+    trainer = make_trainer(args, tiny_model(), torch.device("cpu"))
     trainer.train_step(fixed_batch())
     trainer.scheduler.step()
     trainer.best_acc, trainer.last_acc = 0.25, 0.2
@@ -258,19 +272,19 @@ def test_checkpoint_loads_with_weights_only_and_restores_the_state(tmp_path):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    state = tr.rng_state()
+    state = seeding.rng_state()
     torch.rand(3)
-    tr.set_rng_state(state)
+    seeding.set_rng_state(state)
     assert torch.equal(torch.rand(3), expected)
 
-    other = tr.build_trainer(args, tiny_model(seed=1), torch.device("cpu"))
+    other = make_trainer(args, tiny_model(seed=1), torch.device("cpu"))
     other.restore(path)
     assert other.start_epoch == 1 and other.best_acc == 0.25 and other.last_acc == 0.2
     assert other.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.optimizer.param_groups[0]["lr"])
     assert other.scheduler.last_epoch == 1
     for a, b in zip(trainer.module.state_dict().values(), other.module.state_dict().values()):
         assert torch.equal(a, b)
-    restarted = tr.build_trainer(args, tiny_model(seed=1), torch.device("cpu"))
+    restarted = make_trainer(args, tiny_model(seed=1), torch.device("cpu"))
     restarted.restore(path, restart=True)
     assert restarted.start_epoch == 0 and restarted.best_acc == 0.0
 
@@ -287,24 +301,24 @@ def test_run_folder_follows_the_release_layout(tmp_path):
     out = str(tmp_path)
     attack = ["--attack_name", "pgd", "--steps", "3", "--eps", "4"]
     normal = parse_args(["--data_dir", "d", "--save_model_dir", out])
-    assert tr.run_folder(normal) == (out, None)
+    assert run_folder(normal) == (out, None)
     adv = parse_args(["--data_dir", "d", "--save_model_dir", out, "--adv_training_mode", *attack])
-    assert tr.run_folder(adv) == (os.path.join(out, "pgd_alpha_0.01_eps_4.0_i_3"), None)
+    assert run_folder(adv) == (os.path.join(out, "pgd_alpha_0.01_eps_4.0_i_3"), None)
     flat = parse_args(["--data_dir", "d", "--save_model_dir", out, "--adv_training_mode", "--no_sub_dir_model", *attack])
-    assert tr.run_folder(flat)[0] == out
+    assert run_folder(flat)[0] == out
     resume = parse_args(["--data_dir", "d", "--resume", "--resume_best", "--checkpoint_dir", out, "--adv_training_mode",
                          *attack])
     sub = os.path.join(out, "pgd_alpha_0.01_eps_4.0_i_3")
-    assert tr.run_folder(resume) == (sub, os.path.join(sub, "model_best.pt"))
+    assert run_folder(resume) == (sub, os.path.join(sub, "model_best.pt"))
     restart = parse_args(["--data_dir", "d", "--resume", "--resume_latest", "--resume_but_restart", "--checkpoint_dir",
                           out, "--save_model_dir", str(tmp_path / "new")])
-    assert tr.run_folder(restart) == (str(tmp_path / "new"), os.path.join(out, "model_latest.pt"))
+    assert run_folder(restart) == (str(tmp_path / "new"), os.path.join(out, "model_latest.pt"))
     debug = parse_args(["--data_dir", "d", "--debugging"])
-    assert tr.run_folder(debug) == (None, None)
+    assert run_folder(debug) == (None, None)
 
 
 def test_signal_handlers_set_the_stop_flag_and_are_restored():
-    trainer = tr.build_trainer(make_args(), tiny_model(), torch.device("cpu"))
+    trainer = make_trainer(make_args(), tiny_model(), torch.device("cpu"))
     before = signal.getsignal(signal.SIGUSR1)
     previous = trainer.install_signal_handlers()
     try:
@@ -325,7 +339,7 @@ def test_release_checkpoint_resumes_at_the_next_epoch_with_the_closed_form_rate(
                          "base_lrs": [1e-4], "last_epoch": 9}
     save_checkpoint({"epoch": 9, "best_acc": 0.7, "epoch_acc": 0.6, "model_state_dict": model.state_dict(),
                      "scheduler_state_dict": release_scheduler}, path)
-    trainer = tr.build_trainer(make_args(), tiny_model(seed=1), torch.device("cpu"))
+    trainer = make_trainer(make_args(), tiny_model(seed=1), torch.device("cpu"))
     trainer.restore(path)
     assert trainer.start_epoch == 10 and trainer.best_acc == pytest.approx(0.7)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 10 / 49)
@@ -338,7 +352,7 @@ def test_amp_steps_on_cuda():
                        "--freq_reg_mode", "--attack_name", "vafa-3d", "--steps", "2", "--block_size", "8", "8", "8",
                        "--lrschedule", "constant", "--optim_lr", "1e-3"])
     val = [{k: v.cuda() for k, v in fixed_batch(batch=1).items()}]
-    trainer = tr.build_trainer(args, tiny_model(), torch.device("cuda"), val_loader=val)
+    trainer = make_trainer(args, tiny_model(), torch.device("cuda"), val_loader=val)
     assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
     assert trainer.scaler.is_enabled() == (trainer.amp_dtype == torch.float16)
     batch = {k: v.cuda() for k, v in fixed_batch().items()}

@@ -11,7 +11,7 @@ One place reads the launcher's environment:
   without a GPU that is an error naming ``torchrun --nproc_per_node N``.
 
 NCCL on GPU, gloo on CPU; each rank on its own device. Entry points join with
-:func:`process_group` (or :func:`init_from_args`) and leave with :func:`cleanup`.
+:func:`process_group` and leave with :func:`cleanup`; :func:`launch` runs a job either way.
 """
 
 from __future__ import annotations
@@ -28,6 +28,28 @@ import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How a script's processes start (the release's runtime flags, typed).
+
+    Args:
+        device: ``--device`` (``None``: CUDA when available).
+        distributed: ``--distributed``: several processes (torchrun/srun set the rest;
+            without a launcher, one spawned process per GPU).
+        world_size: nodes, for the release's spawn launch.
+        rank: this node's index, for the release's spawn launch.
+        dist_url: rendezvous ``tcp://HOST:PORT`` of the release's spawn launch.
+        dist_backend: process-group backend (``None``: nccl on GPU, gloo on CPU).
+    """
+
+    device: str | None = None
+    distributed: bool = False
+    world_size: int = 1
+    rank: int = 0
+    dist_url: str = "tcp://127.0.0.1:23456"
+    dist_backend: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,26 +184,46 @@ def init_process_group(env: DistEnv, requested_device: str | None = None, backen
     return device
 
 
-def init_from_args(args) -> torch.device | None:
+def join_group(settings: LaunchSettings) -> torch.device | None:
     """Join the process group when a launcher started several processes.
 
     Returns this rank's device, or ``None`` when the job runs as one process.
     """
     if dist.is_available() and dist.is_initialized():
-        return device_for(int(os.environ.get("LOCAL_RANK", 0)), getattr(args, "device", None))
+        return device_for(int(os.environ.get("LOCAL_RANK", 0)), settings.device)
     env = _launcher_env()
     if env is None or env.world_size <= 1:
         return None
-    return init_process_group(env, getattr(args, "device", None), getattr(args, "dist_backend", None))
+    return init_process_group(env, settings.device, settings.dist_backend)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``--device`` to a ``torch.device``; CUDA when available and none is named.
+
+    Raises:
+        UserError: not a device name, or CUDA asked for where there is none.
+    """
+    from utils.errors import UserError
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"--device {name!r} is not a torch device ({err}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for but CUDA is not available here; use --device cpu")
+    return device
 
 
 @contextlib.contextmanager
-def process_group(args):
-    """``with process_group(args) as device:`` join the launcher's group (``device`` is
-    ``None`` in one process) and leave it at the end, when it was joined here."""
+def process_group(settings: LaunchSettings):
+    """``with process_group(settings) as device:`` join the launcher's group, if a launcher
+    started several processes, and leave it at the end when it was joined here. ``device``
+    is this rank's device, or ``--device`` (:func:`resolve_device`) in one process."""
     joined_here = not is_dist()
     try:
-        yield init_from_args(args)
+        yield join_group(settings) or resolve_device(settings.device)
     finally:
         if joined_here:
             cleanup()
@@ -205,12 +247,33 @@ def launched() -> bool:
     return is_dist() or _launcher_env() is not None
 
 
-def needs_spawn(args) -> bool:
+def needs_spawn(settings: LaunchSettings) -> bool:
     """``--distributed`` without a launcher: the release's one-process-per-GPU launch."""
-    return bool(getattr(args, "distributed", False)) and not launched()
+    return settings.distributed and not launched()
 
 
-def spawn_gpus(args, prog: str) -> int:
+def launch(fn, job, settings: LaunchSettings, prog: str):
+    """Run ``fn(job, device)`` in this process's group — the only process, or one rank of a
+    torchrun/srun launch — or, with ``--distributed`` and no launcher, once in each of one
+    spawned process per GPU (:func:`spawn_script`).
+
+    Returns:
+        ``fn``'s result here, or ``None`` in the parent of spawned processes.
+    """
+    import functools
+
+    if needs_spawn(settings):
+        spawn_script(functools.partial(_in_group, fn, settings), job, settings, prog)
+        return None
+    return _in_group(fn, settings, job)
+
+
+def _in_group(fn, settings: LaunchSettings, job):
+    with process_group(settings) as device:
+        return fn(job, device)
+
+
+def spawn_gpus(settings: LaunchSettings, prog: str) -> int:
     """GPUs :func:`spawn_script` starts a process for.
 
     Raises:
@@ -220,7 +283,7 @@ def spawn_gpus(args, prog: str) -> int:
     from utils.errors import UserError
 
     gpus = torch.cuda.device_count()
-    requested = getattr(args, "device", None)
+    requested = settings.device
     if gpus == 0 or (requested is not None and torch.device(requested).type == "cpu"):
         raise UserError(f"--distributed without a launcher starts one process per GPU, but no GPU is in use here; "
                         f"on CPU start the processes with torchrun --nproc_per_node N {prog} ... (gloo backend), "
@@ -228,8 +291,8 @@ def spawn_gpus(args, prog: str) -> int:
     return gpus
 
 
-def spawn_script(fn, args, prog: str) -> None:
-    """Run ``fn(args)`` in one spawned process per local GPU (:func:`spawn_local`).
+def spawn_script(fn, job, settings: LaunchSettings, prog: str) -> None:
+    """Run ``fn(job)`` in one spawned process per local GPU (:func:`spawn_local`).
 
     SIGTERM/SIGUSR1 sent to this parent are passed on to the children (a training rank
     then stops after its batch). A child that stops on a ``UserError`` prints it as one
@@ -242,11 +305,11 @@ def spawn_script(fn, args, prog: str) -> None:
 
     from utils.errors import EXIT_USER_ERROR, UserError
 
-    nprocs = spawn_gpus(args, prog)
+    nprocs = spawn_gpus(settings, prog)
     signals = [s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None]
     previous = {s: signal.signal(s, _forward_signal) for s in signals}
     try:
-        spawn_local(functools.partial(_script_worker, fn, prog), args, nprocs=nprocs)
+        spawn_local(functools.partial(_script_worker, fn, prog), job, settings, nprocs=nprocs)
     except mp.ProcessExitedException as err:
         if err.exit_code == EXIT_USER_ERROR:
             raise UserError("a spawned process stopped on the error above") from None
@@ -256,13 +319,13 @@ def spawn_script(fn, args, prog: str) -> None:
             signal.signal(signum, handler)
 
 
-def _script_worker(fn, prog: str, args) -> None:
+def _script_worker(fn, prog: str, job) -> None:
     import sys
 
     from utils.errors import EXIT_USER_ERROR, UserError
 
     try:
-        fn(args)
+        fn(job)
     except UserError as err:
         sys.stderr.write(f"{prog}: error: {err}\n")
         sys.exit(EXIT_USER_ERROR)
@@ -276,7 +339,7 @@ def _forward_signal(signum, frame) -> None:  # noqa: ARG001 - signal API
             os.kill(child.pid, signum)
 
 
-def spawn_local(fn, args, nprocs: int) -> None:
+def spawn_local(fn, job, settings: LaunchSettings, nprocs: int) -> None:
     """The release's ``--distributed`` launch without a launcher: one process per local GPU.
 
     Sets the torchrun variables for each child, so the rest of the code sees one kind
@@ -285,17 +348,17 @@ def spawn_local(fn, args, nprocs: int) -> None:
     """
     import torch.multiprocessing as mp
 
-    host, port = _parse_dist_url(args.dist_url)
-    mp.spawn(_spawned, args=(fn, args, nprocs, host, port), nprocs=nprocs, join=True)
+    host, port = _parse_dist_url(settings.dist_url)
+    mp.spawn(_spawned, args=(fn, job, settings, nprocs, host, port), nprocs=nprocs, join=True)
 
 
-def _spawned(local_rank: int, fn, args, nprocs: int, host: str, port: int) -> None:
+def _spawned(local_rank: int, fn, job, settings: LaunchSettings, nprocs: int, host: str, port: int) -> None:
     os.environ.update(
-        RANK=str(args.rank * nprocs + local_rank), LOCAL_RANK=str(local_rank),
-        WORLD_SIZE=str(args.world_size * nprocs), MASTER_ADDR=host, MASTER_PORT=str(port),
+        RANK=str(settings.rank * nprocs + local_rank), LOCAL_RANK=str(local_rank),
+        WORLD_SIZE=str(settings.world_size * nprocs), MASTER_ADDR=host, MASTER_PORT=str(port),
     )
     try:
-        fn(args)
+        fn(job)
     finally:
         cleanup()
 

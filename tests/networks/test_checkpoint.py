@@ -11,7 +11,6 @@ from networks.checkpoint import (
     LEGACY_DROPPED_KEYS,
     adapt_legacy_state_dict,
     extract_state_dict,
-    load_checkpoint,
     load_model_weights,
     read_checkpoint,
     save_checkpoint,
@@ -196,11 +195,12 @@ def test_architecture_mismatch_is_clear(tmp_path):
         load_model_weights(tiny_unetr(seed=0), path)
 
 
-def test_load_checkpoint_returns_everything(tmp_path, source_model):
+def test_read_checkpoint_returns_everything_and_loads_weights(tmp_path, source_model):
     path = tmp_path / "model_latest.pt"
     save_checkpoint({"epoch": 7, "model_state_dict": source_model.state_dict(), "optimizer_state_dict": {}}, path)
     fresh = tiny_unetr(seed=4)
-    ckpt = load_checkpoint(path, fresh)
+    ckpt = read_checkpoint(path)  # what a resume does: read once, then load the weights from it
+    load_model_weights(fresh, ckpt)
     assert ckpt["epoch"] == 7 and "optimizer_state_dict" in ckpt
     for key, value in source_model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value)

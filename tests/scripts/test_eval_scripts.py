@@ -84,8 +84,9 @@ def _transformed_case(args, item):
     from monai.data import Dataset
 
     from data.loading import build_transforms
+    from engine.cli import data_settings
 
-    return Dataset([item], transform=build_transforms(args, "eval"))[0]
+    return Dataset([item], transform=build_transforms(data_settings(args), "eval"))[0]
 
 
 def _dice_percent(pred, label, num_classes):
@@ -101,12 +102,12 @@ def _dice_percent(pred, label, num_classes):
 def test_results_agree_with_direct_recomputation(pgd_run, tiny_dataset, checkpoint):
     from monai.inferers import sliding_window_inference
 
-    from networks import build_model_from_args
+    from engine.cli import model_settings
     from networks.checkpoint import load_model_weights
 
     argv, args, run_dir = pgd_run
     results = json.loads((run_dir / "results.json").read_text())
-    model = build_model_from_args(args)
+    model = model_settings(args).build()
     load_model_weights(model, checkpoint)
     model.eval()
     for item in tiny_dataset.validation[:2]:

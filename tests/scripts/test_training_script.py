@@ -13,9 +13,23 @@ import torch
 
 import run_normal_or_adv_training as script
 import trainer as tr
+from data import sampling
+from engine import cli, optim, training
+from utils import seeding
 from networks import build_model
 from networks.checkpoint import read_checkpoint
 from engine.cli import adv_subdir_name
+
+
+def run_folder(args):
+    """``(run folder, checkpoint to resume)`` the training script derives from its flags."""
+    job = cli.training_job(args)
+    return job.run_dir, job.resume_from
+
+
+def make_trainer(args, model, device, **kwargs):
+    """The trainer the training script builds for these flags (loss, optimiser, schedule, attack)."""
+    return training.build_trainer(cli.training_job(args), model, device, **kwargs)
 
 TINY = ["--feature_size", "8", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4",
         "--roi_x", "16", "--roi_y", "16", "--roi_z", "16", "--infer_overlap", "0", "--sw_batch_size", "4",
@@ -98,7 +112,7 @@ def test_release_command_parses_unchanged(tmp_path):
     assert args.lrschedule == "warmup_cosine" and args.optim_name == "adamw" and args.amp
     assert args.freq_reg_norm == "relative" and args.freq_reg_weight == 1.0 and not args.val_attack
     assert adv_subdir_name(args) == "vafa_q_max_20.0_i_20_3d_dct_32x32x32_use_ssim_loss_True"
-    assert tr.run_folder(args)[0] == os.path.join(str(tmp_path / "out"), adv_subdir_name(args))
+    assert run_folder(args)[0] == os.path.join(str(tmp_path / "out"), adv_subdir_name(args))
 
 
 def test_seed_readme_training_commands_parse(tmp_path):

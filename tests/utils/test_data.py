@@ -3,6 +3,8 @@ import os
 
 import numpy as np
 import pytest
+
+from engine.cli import data_settings
 import torch
 
 from data.loading import (
@@ -111,7 +113,7 @@ def test_split_for_mode():
 
 
 def test_eval_transforms_keep_names_geometry_and_range(tiny_dataset, data_args):
-    transform = build_transforms(data_args, "eval")
+    transform = build_transforms(data_settings(data_args), "eval")
     for item in tiny_dataset.validation:
         out = transform(item)
         image, label = out["image"], out["label"]
@@ -141,7 +143,7 @@ def test_orientation_is_normalised_to_ras(tmp_path):
 
 
 def test_train_transforms_yield_roi_crops(tiny_dataset, data_args):
-    out = build_transforms(data_args, "train")(tiny_dataset.training[0])
+    out = build_transforms(data_settings(data_args), "train")(tiny_dataset.training[0])
     assert isinstance(out, list) and len(out) == 4
     for sample in out:
         assert tuple(sample["image"].shape) == (1, *tiny_dataset.roi)
@@ -151,25 +153,25 @@ def test_train_transforms_yield_roi_crops(tiny_dataset, data_args):
 
 def test_train_transforms_pad_volumes_smaller_than_the_roi(tiny_dataset, data_args):
     data_args.roi_x, data_args.roi_y, data_args.roi_z = 64, 64, 32  # larger than the cropped volume
-    out = build_transforms(data_args, "train")(tiny_dataset.training[0])
+    out = build_transforms(data_settings(data_args), "train")(tiny_dataset.training[0])
     assert all(tuple(s["image"].shape) == (1, 64, 64, 32) for s in out)
 
 
 def test_rotations_need_a_square_roi_in_plane(tiny_dataset, data_args):
     data_args.roi_x, data_args.roi_y, data_args.roi_z = 48, 32, 16
     with pytest.raises(UserError, match="--roi_x equal to --roi_y .*--RandRotate90d_prob 0"):
-        build_transforms(data_args, "train")
+        build_transforms(data_settings(data_args), "train")
     data_args.RandRotate90d_prob = 0.0
-    out = build_transforms(data_args, "train")(tiny_dataset.training[0])
+    out = build_transforms(data_settings(data_args), "train")(tiny_dataset.training[0])
     assert all(tuple(s["image"].shape) == (1, 48, 32, 16) for s in out)
-    build_transforms(data_args, "eval")  # eval has no rotations
+    build_transforms(data_settings(data_args), "eval")  # eval has no rotations
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_acdc_pads_or_crops_to_the_roi(tiny_dataset, data_args, mode):
     data_args.dataset = "acdc"
     data_args.roi_x, data_args.roi_y, data_args.roi_z = 40, 40, 16  # crops H, W; pads nothing
-    out = build_transforms(data_args, mode)(tiny_dataset.validation[0])
+    out = build_transforms(data_settings(data_args), mode)(tiny_dataset.validation[0])
     shapes = [tuple(s["image"].shape[1:]) for s in (out if mode == "train" else [out])]
     if mode == "train":
         assert shapes == [(40, 40, 16)] * 4
@@ -183,7 +185,7 @@ def test_flags_reach_the_transforms(data_args):
     data_args.RandFlipd_prob, data_args.RandRotate90d_prob = 0.7, 0.3
     data_args.RandScaleIntensityd_prob, data_args.RandShiftIntensityd_prob = 0.6, 0.4
     data_args.a_min, data_args.a_max = -100.0, 200.0
-    transforms = build_transforms(data_args, "train").transforms
+    transforms = build_transforms(data_settings(data_args), "train").transforms
     by_type = {}
     for t in transforms:
         by_type.setdefault(type(t).__name__, []).append(t)
@@ -216,15 +218,15 @@ def test_bad_transform_arguments():
 def test_dataset_kind_follows_use_normal_dataset(data_args):
     from monai.data import CacheDataset
 
-    assert isinstance(build_dataset(data_args, "training", "train"), CacheDataset)
+    assert isinstance(build_dataset(data_settings(data_args), "training", "train"), CacheDataset)
     data_args.use_normal_dataset = True
-    assert not isinstance(build_dataset(data_args, "training", "train"), CacheDataset)
+    assert not isinstance(build_dataset(data_settings(data_args), "training", "train"), CacheDataset)
     data_args.use_normal_dataset = False
-    assert not isinstance(build_dataset(data_args, "validation", "eval"), CacheDataset)
+    assert not isinstance(build_dataset(data_settings(data_args), "validation", "eval"), CacheDataset)
 
 
 def test_eval_loader_batches_names_and_affines(data_args):
-    batches = list(build_loader(data_args, "validation", "eval"))
+    batches = list(build_loader(data_settings(data_args), "validation", "eval"))
     assert [b["name"] for b in batches] == [["img0004.nii.gz"], ["img0005.nii.gz"]]
     assert [b["label_name"] for b in batches] == [["label0004.nii.gz"], ["label0005.nii.gz"]]
     for b in batches:
@@ -235,12 +237,12 @@ def test_eval_loader_batches_names_and_affines(data_args):
 
 def test_train_loader_batches_four_crops_per_volume(data_args):
     data_args.batch_size = 2
-    loader = build_loader(data_args, "training", "train")
+    loader = build_loader(data_settings(data_args), "training", "train", batch_size=data_args.batch_size)
     batch = next(iter(loader))
     assert tuple(batch["image"].shape) == (8, 1, 32, 32, 16)
     assert tuple(batch["label"].shape) == (8, 1, 32, 32, 16)
     with pytest.raises(ValueError, match="sampler"):
-        build_loader(data_args, "training", "train", shuffle=True, sampler=[0, 1, 2])
+        build_loader(data_settings(data_args), "training", "train", shuffle=True, sampler=[0, 1, 2])
 
 
 # --------------------------------------------------------------------------- check_case

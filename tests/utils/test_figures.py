@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+
+from engine.cli import data_settings
 import torch
 
 from utils.figures import ORGAN_COLOURS, save_case_figure, select_slice, to_display
@@ -77,7 +79,7 @@ def test_palette_has_14_distinct_colours():
 def test_figure_from_the_phantom(tiny_dataset, data_args, tmp_path):
     from data.loading import build_transforms
 
-    out = build_transforms(data_args, "eval")(tiny_dataset.validation[0])
+    out = build_transforms(data_settings(data_args), "eval")(tiny_dataset.validation[0])
     image, label = out["image"][0].numpy(), out["label"][0].numpy()
     adv = np.clip(image + 4 / 255 * np.sign(np.random.default_rng(1).standard_normal(image.shape)), 0, 1)
     index = save_case_figure(str(tmp_path / "phantom.png"), image, adv, label, label, label, LABEL_NAMES)
