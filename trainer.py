@@ -1,10 +1,10 @@
 """Training of volumetric segmentation models: normal, vanilla adversarial (AT) and VAFT.
 
-The loop is a :class:`Trainer` made of hooks (STYLE §9); the variants override one hook,
+The loop is a :class:`Trainer` made of hooks (as nnU-Net's trainer); the variants override one hook,
 :meth:`Trainer.train_step`:
 
 ================================  =================================================  ====================
-flags                             loss per batch (DESIGN §5)                         class
+flags                             loss per batch (paper's Eq. 3-4)                   class
 ================================  =================================================  ====================
 (none)                            ``DiceCE(M(X), Y)``                                :class:`Trainer`
 ``--adv_training_mode``           ``DiceCE(M(X'), Y)``                               :class:`AdversarialTrainer`
@@ -99,7 +99,7 @@ class TrainerConfig:
         val_every: validate after every N-th epoch.
         num_classes: classes of the labels (background included).
         window: sliding-window inference of validation volumes.
-        attack: the configured attack's settings (target labels, tiles per batch).
+        attack: the configured attack's settings (target labels, tiles per batch); needed with an attack.
         val_attack: also report validation Dice under the attack.
         val_attack_cases: validation cases attacked with ``val_attack``.
         seed: seeds the data order, augmentations and attack randomness per epoch.
@@ -116,7 +116,7 @@ class TrainerConfig:
     val_every: int = 100
     num_classes: int = 14
     window: WindowSettings = field(default_factory=WindowSettings)
-    attack: AttackSettings = field(default_factory=lambda: AttackSettings("vafa-3d"))
+    attack: Optional[AttackSettings] = None
     val_attack: bool = False
     val_attack_cases: int = 2
     seed: int = 0

@@ -246,7 +246,7 @@ def block_idct(x: torch.Tensor, block_size: Sequence[int]) -> torch.Tensor:
 
 
 def phi_diff(x: torch.Tensor, alpha: Union[float, torch.Tensor]) -> torch.Tensor:
-    """Differentiable rounding of AdvDrop / DSQ (DESIGN §4, step 3).
+    """Differentiable rounding of AdvDrop / DSQ (as the paper's code release uses it).
 
     ``phi(x) = floor(x) + (tanh((x - (floor(x) + 0.5)) k) s + 1) / 2`` with
     ``k = log(2/alpha - 1)`` and ``s = 1/(1 - alpha)``; it is exact at integers and

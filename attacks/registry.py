@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Type
 import torch
 import torch.nn as nn
 
-from utils.options import Option, collect_options
+from utils.options import Option, collect_options, lookup
 
 from .base import Attack, LossFn, attack_labels
 from .tiling import attack_volume
@@ -30,9 +30,7 @@ def get_attack_class(name: str) -> Type[Attack]:
     Raises:
         ValueError: unknown name (the message lists the registered ones).
     """
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; valid names: {', '.join(ATTACKS)}")
-    return ATTACKS[name]
+    return lookup(ATTACKS, name, "attack")
 
 
 def attack_options(name: str) -> tuple:

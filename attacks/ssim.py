@@ -1,4 +1,4 @@
-"""Block-wise SSIM, the perceptual term of VAFA-3D (DESIGN §4, step 5).
+"""Block-wise SSIM, the perceptual term of VAFA-3D (the paper's Eq. 2; SSIM as pytorch-msssim computes it).
 
 The release computes ``pytorch_msssim.ssim`` with every block fed as its own
 image (``data_range=1, win_size=3, nonnegative_ssim=True``, averaged). Here the

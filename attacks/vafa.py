@@ -1,4 +1,4 @@
-"""VAFA: volumetric adversarial frequency attack (DESIGN §4; the paper's Eq. 1-2, Algorithm 1)."""
+"""VAFA: volumetric adversarial frequency attack (the paper's Eq. 1-2, Algorithm 1, and its code release)."""
 
 from __future__ import annotations
 

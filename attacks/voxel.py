@@ -1,4 +1,4 @@
-"""Voxel-domain L-inf attacks and Gaussian noise (DESIGN §4), on images in [0, 1].
+"""Voxel-domain L-inf attacks and Gaussian noise (as the paper's code release runs them), on images in [0, 1].
 
 ``eps``, ``alpha`` and ``std`` are on the [0, 1] intensity scale; the command line
 gives ``--eps`` and ``--std`` on the [0, 255] scale and divides by 255.

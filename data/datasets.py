@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from utils.errors import UserError
+from utils.options import lookup
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,4 @@ def get_dataset(name: str) -> DatasetSpec:
     Raises:
         UserError: unknown name (the message lists the registered ones).
     """
-    if name not in DATASETS:
-        raise UserError(f"--dataset must be one of {', '.join(DATASETS)}, got {name!r}")
-    return DATASETS[name]
+    return lookup(DATASETS, name, "--dataset", UserError)

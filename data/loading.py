@@ -1,6 +1,6 @@
 """Datasets on disk: Decathlon JSON lists, the release's transforms, loaders, case checks.
 
-The transforms follow the paper's release (DESIGN §3) written with today's MONAI
+The transforms follow the paper's release (the paper's code release) written with today's MONAI
 dictionary transforms:
 
 eval (both datasets)

@@ -4,7 +4,7 @@ Gives the tool something real-shaped to run on without the licensed Synapse data
 tests, demos and smoke runs of the attack and training scripts.
 
 Each case is a volume in Hounsfield units with the 13 organ labels of the Synapse
-benchmark (DESIGN §2) as smooth 3D shapes in their usual places, so the default
+benchmark (the paper's code release) as smooth 3D shapes in their usual places, so the default
 intensity window (-175..250 HU) and every transform of ``data.loading`` apply as they
 do to real scans.
 
@@ -68,7 +68,7 @@ __all__ = [
     "main",
 ]
 
-#: Synapse label map (DESIGN §2), index = label value.
+#: Synapse label map (the paper's code release), index = label value.
 LABEL_NAMES = SYNAPSE.class_names
 
 DEFAULT_SHAPE = (96, 96, 64)

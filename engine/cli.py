@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Sequence
 from attacks import ATTACKS, AttackSettings, all_attack_options, get_attack_class
 from data.datasets import DATASETS, get_dataset
 from data.loading import DataSettings, split_for_mode
-from networks import ModelSettings, WindowSettings, get_model_entry, model_options, MODELS
+from networks import MODELS, ModelSettings, WindowSettings, get_model_entry, model_options
 from utils.distributed import LaunchSettings
 from utils.errors import EXIT_USER_ERROR, UserError
 from utils.io import to_jsonable
@@ -101,7 +101,8 @@ def add_pretrained_args(parser: argparse.ArgumentParser) -> None:
 
 def add_attack_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("attack")
-    g.add_argument("--attack_name", default="vafa-3d", choices=tuple(ATTACKS), help="attack")
+    # the registry's first entry, VAFA-3D, is the release's default
+    g.add_argument("--attack_name", default=next(iter(ATTACKS)), choices=tuple(ATTACKS), help="attack")
     add_options(g, all_attack_options())
     g.add_argument("--target_class", default=0, type=int, help="class every voxel is pushed to under --targeted (0 = background)")
     g.add_argument("--attack_batch_size", default=6, type=int, help="ROI tiles attacked together (release: 6)")

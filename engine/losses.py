@@ -12,7 +12,7 @@ __all__ = ["FREQ_NORMS", "FrequencyConsistencyLoss", "build_dice_ce", "frequency
 
 
 def build_dice_ce(smooth_nr: float = 0.0, smooth_dr: float = 1e-6) -> DiceCELoss:
-    """The reference's segmentation loss (DESIGN §3), used by training and attacks.
+    """The reference's segmentation loss (the paper's code release), used by training and attacks.
 
     Takes logits ``[B, N, H, W, D]`` and integer labels ``[B, 1, H, W, D]``.
     """
@@ -31,7 +31,7 @@ def _check_norm(norm: str) -> None:
 def frequency_consistency_loss(
     logits_clean: torch.Tensor, logits_adv: torch.Tensor, norm: str = "relative"
 ) -> torch.Tensor:
-    """Frequency-consistency regulariser of VAFT (the paper's Eq. 4, DESIGN §5).
+    """Frequency-consistency regulariser of VAFT (the paper's Eq. 4, as its code release computes it).
 
     Both logit volumes go through an orthonormal 3D DCT-II over the whole ROI (the last
     three dims, as the reference does with one 96³ block per ROI); the loss is the L1

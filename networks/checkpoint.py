@@ -1,7 +1,7 @@
 """Reading, adapting and writing model checkpoints.
 
 Checkpoints are dicts with ``epoch``, ``epoch_acc``, ``best_acc``, ``model_state_dict``,
-``optimizer_state_dict`` and ``scheduler_state_dict`` (DESIGN §2); loading also accepts a
+``optimizer_state_dict`` and ``scheduler_state_dict`` (the paper's code release); loading also accepts a
 ``state_dict`` key or a bare state dict.
 
 Everything is read with ``torch.load(weights_only=True)``. The paper's released checkpoints
@@ -9,7 +9,7 @@ hold numpy scalars in ``best_acc``/``epoch_acc``; only those numpy types are all
 (:func:`read_checkpoint`), never arbitrary objects.
 
 The released checkpoints come from a MONAI-0.7-era UNETR. :func:`adapt_legacy_state_dict`
-maps them onto today's MONAI UNETR (DESIGN §3); anything else that does not match the model
+maps them onto today's MONAI UNETR (the paper's code release); anything else that does not match the model
 is an error (:func:`load_model_weights`), never a silent ``strict=False``.
 """
 
@@ -194,7 +194,7 @@ def _adapt(
 def adapt_legacy_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map a MONAI-0.7-era (or MONAI 1.4-1.5) UNETR state dict onto ``model``'s keys.
 
-    Facts (DESIGN §3), applied only where the key is absent from ``model``:
+    Facts (the paper's code release), applied only where the key is absent from ``model``:
 
     - drop ``vit.patch_embedding.cls_token`` and the 1x1x1 ``conv3`` of three residual
       blocks (``encoder2.blocks.{0,1}.1.conv3``, ``encoder3.blocks.0.1.conv3``), which

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch.nn as nn
 
 from utils.errors import UserError
-from utils.options import Option, constructor_kwargs
+from utils.options import Option, constructor_kwargs, lookup
 
 from . import unetr
 
@@ -39,9 +39,7 @@ def get_model_entry(name: str) -> ModelEntry:
     Raises:
         UserError: unknown name (the message lists the registered ones).
     """
-    if name not in MODELS:
-        raise UserError(f"unknown --model_name {name!r}; valid names: {', '.join(MODELS)}")
-    return MODELS[name]
+    return lookup(MODELS, name, "--model_name", UserError)
 
 
 @dataclass(frozen=True)

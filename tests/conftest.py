@@ -61,7 +61,7 @@ class TinyDataset:
         ]
 
     def args(self, **overrides) -> argparse.Namespace:
-        """Namespace with every data flag ``data.loading`` reads (defaults of DESIGN §2, small ROI)."""
+        """Namespace with every data flag ``data.loading`` reads (the release's defaults, small ROI)."""
         values = dict(
             dataset="btcv", data_dir=self.data_dir, json_list=self.json_name,
             a_min=-175.0, a_max=250.0, b_min=0.0, b_max=1.0,

@@ -9,10 +9,10 @@ import os
 from utils import distributed as dist_utils
 
 
-def spawned_probe(args) -> None:
-    """Join the group the spawn's variables describe, merge one entry per rank, record what was seen."""
-    device = dist_utils.init_from_args(args)
+def spawned_probe(out: str) -> None:
+    """Join the group the spawn's variables describe, merge one entry per rank, record what was seen in ``out``."""
+    device = dist_utils.join_group(dist_utils.LaunchSettings(device="cpu"))
     rank, world = dist_utils.rank_and_world()
     merged = dist_utils.gather_cases({rank: os.environ["LOCAL_RANK"]})
-    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"world": world, "device": str(device), "merged": merged}, f)

@@ -29,7 +29,7 @@ from tests.dist_probe import spawned_probe
 from tests.scripts.helpers import data_flags, make_tiny_checkpoint, run_main, tiny_model_flags
 from utils import distributed as dist_utils
 from engine.cli import adv_subdir_name, run_cli
-from utils.distributed import DistEnv, first_slurm_host, read_launcher_env
+from utils.distributed import DistEnv, LaunchSettings, first_slurm_host, read_launcher_env
 from utils.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,24 +178,24 @@ def test_malformed_environment_is_a_user_error_for_the_scripts(no_launcher, monk
     monkeypatch.setenv("RANK", "one")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="cannot join the process group: launcher variable RANK"):
-        dist_utils.init_from_args(argparse.Namespace(device="cpu", dist_backend=None))
+        dist_utils.join_group(LaunchSettings(device="cpu"))
 
 
 def test_one_process_joins_nothing(no_launcher, monkeypatch):
-    args = argparse.Namespace(device="cpu", dist_backend=None, distributed=False)
+    args = LaunchSettings(device="cpu")
     with dist_utils.process_group(args) as device:
-        assert device is None and not dist_utils.is_dist()
+        assert device == torch.device("cpu") and not dist_utils.is_dist()
     assert dist_utils.rank_and_world() == (0, 1) and dist_utils.gather_cases({"a": 1}) == {"a": 1}
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node 1
-    assert dist_utils.init_from_args(args) is None and dist_utils.launched()
-    assert not dist_utils.needs_spawn(argparse.Namespace(distributed=True))
+    assert dist_utils.join_group(args) is None and dist_utils.launched()
+    assert not dist_utils.needs_spawn(LaunchSettings(distributed=True))
 
 
 PROBE = """
 import argparse, json, os, torch.distributed as dist
 from utils import distributed as du
-with du.process_group(argparse.Namespace(device="cpu", dist_backend=None)) as device:
+with du.process_group(du.LaunchSettings(device="cpu")) as device:
     env = du.read_launcher_env()
     rank, world = du.rank_and_world()
     merged = du.gather_cases({f"case{rank}": {"rank": rank}})
@@ -227,9 +227,8 @@ def test_faked_slurm_step_forms_a_gloo_group():
 @pytest.mark.timeout(180)
 def test_spawn_local_sets_the_torchrun_variables(tmp_path, no_launcher):
     """The release's launch without a launcher (``mp.spawn``), on CPU with gloo."""
-    args = argparse.Namespace(dist_url=f"tcp://127.0.0.1:{free_port()}", world_size=1, rank=0, device="cpu",
-                              dist_backend=None, out=str(tmp_path))
-    dist_utils.spawn_local(spawned_probe, args, nprocs=2)
+    settings = LaunchSettings(dist_url=f"tcp://127.0.0.1:{free_port()}", world_size=1, rank=0, device="cpu")
+    dist_utils.spawn_local(spawned_probe, str(tmp_path), settings, nprocs=2)
     for rank in range(2):
         out = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert out == {"world": 2, "device": "cpu", "merged": {"0": "0", "1": "1"}}

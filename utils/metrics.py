@@ -1,4 +1,4 @@
-"""Per-case metrics as the paper reports them (DESIGN §4 "Metrics").
+"""Per-case metrics as the paper reports them (and as its code release computes them).
 
 All functions return fractions (Dice, success rate, SSIM and LPIPS similarity in [0, 1]);
 the reporting layer multiplies by 100 where the paper prints percentages. HD95 is in

@@ -116,3 +116,14 @@ def option_values(options: Iterable[Option], values: Mapping[str, Any] | argpars
 def constructor_kwargs(options: Iterable[Option], values: Mapping[str, Any]) -> dict:
     """Keyword arguments of the constructor: each option's value converted (:meth:`Option.convert`)."""
     return {option.name: option.convert(values[option.name]) for option in options if option.name in values}
+
+
+def lookup(registry: Mapping[str, Any], name: str, flag: str, error: type = ValueError) -> Any:
+    """``registry[name]``, or ``error`` naming the flag and every registered name.
+
+    Raises:
+        error: ``name`` is not registered.
+    """
+    if name not in registry:
+        raise error(f"unknown {flag} {name!r}; valid names: {', '.join(registry)}")
+    return registry[name]

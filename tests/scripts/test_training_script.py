@@ -42,7 +42,7 @@ MODES = {
              "--block_size", "8", "8", "8", "--val_attack", "--val_attack_cases", "1"],
 }
 
-# The release README's training command (DESIGN §2), placeholders filled in below.
+# The release README's training command (the paper's code release), placeholders filled in below.
 SEED_COMMAND = """python run_normal_or_adv_training.py --model_name unet-r --in_channels 1 --out_channel 14 --feature_size=16 --batch_size=3 --max_epochs 5000 --optim_lr=1e-4 --lrschedule=warmup_cosine --infer_overlap=0.5 \\
 --save_checkpoint \\
 --dataset btcv --data_dir=<PATH_OF_DATASET> \\
@@ -116,7 +116,7 @@ def test_release_command_parses_unchanged(tmp_path):
 
 
 def test_seed_readme_training_commands_parse(tmp_path):
-    """Every training command of the release README next to DESIGN.md, when it is there."""
+    """Every training command of the release README in the shared folder next to the repository, when it is there."""
     folder = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "seed")
     files = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith("000_")] if os.path.isdir(folder) else []
     if not files:

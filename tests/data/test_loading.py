@@ -204,7 +204,7 @@ def test_flags_reach_the_transforms(data_args):
 
 
 def test_bad_transform_arguments():
-    with pytest.raises(UserError, match="--dataset must be one of btcv, acdc"):
+    with pytest.raises(UserError, match="unknown --dataset .brats.; valid names: btcv, acdc"):
         get_transforms("brats")
     with pytest.raises(UserError, match="mode must be one of train, eval"):
         get_transforms("btcv", "test")
