@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import operator
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from .base import Attack, LossFn, fooled_fraction, predict
-from .frequency import block_dct, block_idct, normalize_slices, quantize_dequantize, split_blocks
+from .frequency import block_dct, block_idct, clip_to_unit, normalize_slices, quantize_dequantize, split_blocks
 from .ssim import BlockSSIM
 
 logger = logging.getLogger(__name__)
@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 ALPHA_START = 0.1  # softness of the differentiable rounding at step 0
 ALPHA_END = 1e-20  # value alpha is annealed towards over ``steps`` steps
 Q_INITS = ("max", "one")
+NORMALISE_MODES = ("slice", "clip")  # the code release's per-slice min-max, the paper's Eq. 1 clip
 
 
 class VAFA(Attack):
@@ -29,7 +30,9 @@ class VAFA(Attack):
     1. ``q`` starts at ``q_max`` (``q_init="max"``, the reference) or 1
        (``q_init="one"``), clamped into ``[q_min, q_max]``, and stays there;
     2. each step: block DCT of ``255 X - 128``, ``phi_diff(coeffs / q, alpha) * q``,
-       inverse block DCT, ``+ 128``, per-axial-slice min-max normalisation -> ``X'``;
+       inverse block DCT, ``+ 128`` -> ``R`` (the 0..255 scale), then back to [0, 1]:
+       per-axial-slice min-max normalisation (``normalise="slice"``) or
+       ``clamp(R / 255, 0, 1)`` (``normalise="clip"``) -> ``X'``;
     3. minimise ``-loss(M(X'), Y)`` (targeted: ``+loss(M(X'), Y_target)``), plus
        ``1 - SSIM(blocks(X), blocks(X'))`` with ``use_ssim_loss`` (3D only);
     4. ``q <- clamp(q - sign(grad_q), q_min, q_max)``; ``alpha`` moves from 0.1
@@ -41,7 +44,11 @@ class VAFA(Attack):
     sides the blocks are 3D; with two, each axial slice ``[:, :, :, :, d]`` is cut
     into 2D blocks (VAFA-2D). The paper's Algorithm 1 corresponds to
     ``q_init="one", q_min=1`` (with the default ``q_min=5``, ``q_init="one"``
-    starts at 5).
+    starts at 5) together with ``normalise="clip"``.
+
+    Where a slice of ``R`` does not span [0, 255] (MRI, tiles away from bone) the
+    release's min-max renormalisation stretches its intensities, a change often
+    much larger than the quantisation; :attr:`renormalisation_parts` measures it.
 
     All per-call state (``q``, ``alpha``) is rebuilt in :meth:`forward`, so one
     object serves any batch or patch size and repeated calls are independent.
@@ -56,12 +63,30 @@ class VAFA(Attack):
         block_size: ``(bh, bw, bd)`` for 3D blocks or ``(bh, bw)`` for per-slice 2D blocks.
         use_ssim_loss: add the block-wise SSIM term (3D only; ignored with a warning in 2D).
         targeted: labels passed to the call are target labels.
+        normalise: how each step maps ``R`` back to [0, 1]. ``"slice"`` (default,
+            the code release, its numbers bit for bit): min-max normalisation of
+            every axial slice, :func:`~attacks.frequency.normalize_slices`.
+            ``"clip"`` (the paper's Eq. 1 and Algorithm 1): ``clamp(R / 255, 0, 1)``,
+            :func:`~attacks.frequency.clip_to_unit`; gradients pass the clamp as
+            torch gives them (zero on clipped voxels).
 
     Attributes:
         q_tables: after a call, the final tables, ``[B, C, n_blocks, bh, bw, bd]``
             (3D) or ``[B, C, D, n_blocks, bh, bw]`` (2D).
         success_rate: fraction of voxels fooled at each step that ran.
         predictions: ``[B, 1, H, W, D]`` argmax of the last forward pass.
+        renormalisation_parts: after a call, what the slice renormalisation
+            contributes, from the last forward pass's ``R`` (in either mode), per
+            sample: a dict of three ``[B]`` float64 CPU tensors of sums of squares
+            over ``(C, H, W, D)``, with ``slice(R) = clamp(normalize_slices(R), 0, 1)``
+            (what ``"slice"`` returns), ``clip(R) = clip_to_unit(R)`` (what ``"clip"``
+            returns) and ``X`` the clean images:
+            ``"diff_sq"``: ``sum((slice(R) - clip(R))^2)``;
+            ``"pert_sq"``: ``sum((slice(R) - X)^2)``;
+            ``"clip_pert_sq"``: ``sum((clip(R) - X)^2)``.
+            Sums of squares add up across tiles of a volume;
+            :func:`~attacks.frequency.renormalisation_share` turns them into
+            ``||slice(R) - clip(R)|| / ||slice(R) - X||``.
 
     Raises:
         ValueError: inconsistent arguments (message names expected and actual).
@@ -79,6 +104,7 @@ class VAFA(Attack):
         block_size: Sequence[int] = (8, 8, 8),
         use_ssim_loss: bool = False,
         targeted: bool = False,
+        normalise: str = "slice",
     ):
         super().__init__(model, loss_fn, targeted)
         block_size = _block_size(block_size)
@@ -88,6 +114,8 @@ class VAFA(Attack):
             raise ValueError(f"q_min must be <= q_max, got q_min={q_min} > q_max={q_max}")
         if q_init not in Q_INITS:
             raise ValueError(f"q_init must be one of {Q_INITS}, got {q_init!r}")
+        if normalise not in NORMALISE_MODES:
+            raise ValueError(f"normalise must be one of {NORMALISE_MODES}, got {normalise!r}")
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps}")
         self.q_max = float(q_max)
@@ -96,10 +124,12 @@ class VAFA(Attack):
         self.steps = int(steps)
         self.block_size = block_size
         self.use_ssim_loss = bool(use_ssim_loss)
+        self.normalise = normalise
         if self.use_ssim_loss and not self.is_3d:
             logger.warning("VAFA-2D has no SSIM term; use_ssim_loss=True is ignored")
         self.q_tables: Optional[torch.Tensor] = None
         self.predictions: Optional[torch.Tensor] = None
+        self.renormalisation_parts: Optional[Dict[str, torch.Tensor]] = None
 
     @property
     def is_3d(self) -> bool:
@@ -155,7 +185,7 @@ class VAFA(Attack):
             q.requires_grad_(True)
             with _autocast_off(device):
                 restored = block_idct(quantize_dequantize(coeffs, q, alpha), self.transform_block) + 128
-                adv = normalize_slices(restored)  # [B, C, H, W, D]
+                adv = self._to_unit(restored)  # [B, C, H, W, D]
             logits = self.model(adv)  # [B, N, H, W, D]
             loss = -self.objective(logits, labels)
             if ssim_to_clean is not None:
@@ -176,14 +206,46 @@ class VAFA(Attack):
 
         self.q_tables = self._tables(q)
         self.predictions = pred
+        with torch.no_grad(), _autocast_off(device):
+            self.renormalisation_parts = _renormalisation_parts(restored.detach(), images)
         return torch.clamp(adv.detach(), 0, 1)
+
+    def _to_unit(self, restored: torch.Tensor) -> torch.Tensor:
+        """``R`` ``[B, C, H, W, D]`` on the 0..255 scale -> ``X'`` in [0, 1], by ``normalise``."""
+        if self.normalise == "clip":
+            return clip_to_unit(restored)
+        return normalize_slices(restored)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(q_max={self.q_max}, q_min={self.q_min}, q_init={self.q_init!r}, "
             f"steps={self.steps}, block_size={self.block_size}, use_ssim_loss={self.use_ssim_loss}, "
-            f"targeted={self.targeted})"
+            f"targeted={self.targeted}, normalise={self.normalise!r})"
         )
+
+
+def _renormalisation_parts(restored: torch.Tensor, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Per-sample sums of squares of :attr:`VAFA.renormalisation_parts` (see there).
+
+    Args:
+        restored: ``[B, C, H, W, D]`` un-normalised inverse DCT ``R`` (0..255 scale).
+        images: ``[B, C, H, W, D]`` clean images in [0, 1].
+
+    Returns:
+        ``{"diff_sq", "pert_sq", "clip_pert_sq"}`` -> ``[B]`` float64 CPU tensors.
+    """
+    sliced = torch.clamp(normalize_slices(restored), 0, 1).double()  # as "slice" returns it
+    clipped = clip_to_unit(restored).double()  # as "clip" returns it
+    clean = images.double()
+
+    def sum_sq(x: torch.Tensor) -> torch.Tensor:
+        return x.square().sum(dim=(1, 2, 3, 4)).cpu()  # [B]
+
+    return {
+        "diff_sq": sum_sq(sliced - clipped),
+        "pert_sq": sum_sq(sliced - clean),
+        "clip_pert_sq": sum_sq(clipped - clean),
+    }
 
 
 def _autocast_off(device: torch.device):
