@@ -150,6 +150,29 @@ class Attack:
     def check_tile(self, tile_shape: Sequence[int]) -> None:
         """Refuse a tile shape ``(H, W, D)`` the attack cannot work on (``ValueError``); any by default."""
 
+    # ------------------------------------------------------------------ what an attack adds to the reports
+    # A whole volume is attacked tile batch by tile batch; after each call the evaluation adds up
+    # ``call_parts()`` over the volume and reports ``case_metrics(sums)`` next to Dice, then shows
+    # ``review(per_case)`` once as a warning. Attacks with nothing to add keep these defaults.
+
+    def describe_input(self, image: torch.Tensor) -> Optional[str]:
+        """A line to log about a clean volume ``[1, C, H, W, D]`` before it is attacked, or ``None``."""
+        return None
+
+    def call_parts(self) -> Optional[Mapping[str, torch.Tensor]]:
+        """Additive quantities (sums over voxels) of the last call, or ``None``."""
+        return None
+
+    @classmethod
+    def case_metrics(cls, sums: Mapping[str, float]) -> dict:
+        """Per-case report entries from the volume's summed :meth:`call_parts`."""
+        return {}
+
+    @classmethod
+    def review(cls, per_case: Mapping[str, Mapping]) -> Optional[str]:
+        """One warning about the whole run's cases, or ``None``."""
+        return None
+
 
 def _format_values(values: Mapping[str, Any]) -> dict:
     out = dict(values)

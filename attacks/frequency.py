@@ -31,6 +31,9 @@ __all__ = [
     "dequantize",
     "quantize_dequantize",
     "normalize_slices",
+    "clip_to_unit",
+    "count_unspanned_slices",
+    "renormalisation_share",
     "blockwise_matmul",
 ]
 
@@ -354,3 +357,80 @@ def normalize_slices(x: torch.Tensor, scale: float = 255.0) -> torch.Tensor:
     shift = torch.where(constant, low - scale * target, low)
     denominator = torch.where(constant, torch.full_like(span, scale), span)
     return (x - shift) / denominator
+
+
+def clip_to_unit(x: torch.Tensor, scale: float = 255.0) -> torch.Tensor:
+    """Rescale to [0, 1] by a fixed ``scale`` and clip: ``clamp(x / scale, 0, 1)``.
+
+    The paper's Eq. 1 / Algorithm 1 output of VAFA (the merged inverse DCT of the
+    dequantised blocks, clipped), as opposed to the code release's per-slice
+    min-max renormalisation (:func:`normalize_slices`). The gradient is torch's
+    for ``clamp``: zero where a voxel is clipped.
+
+    Args:
+        x: any floating tensor on the ``[0, scale]`` scale.
+        scale: intensity scale, ``> 0``.
+
+    Returns:
+        Tensor of ``x``'s shape in [0, 1].
+    """
+    return torch.clamp(x / scale, 0, 1)
+
+
+def count_unspanned_slices(volume: torch.Tensor, low: float = 0.01, high: float = 0.99) -> torch.Tensor:
+    """Number of axial slices that do not span [0, 1], per sample.
+
+    A slice ``volume[b, c, :, :, d]`` (the slices :func:`normalize_slices` rescales)
+    counts when its min is above ``low`` or its max is below ``high``; on such
+    slices the min-max renormalisation stretches intensities.
+
+    Args:
+        volume: ``[B, C, H, W, D]`` images in [0, 1].
+        low: a slice whose min is ``> low`` counts.
+        high: a slice whose max is ``< high`` counts.
+
+    Returns:
+        ``[B]`` int64 counts (over ``C`` and ``D``), on ``volume``'s device;
+        ``.sum()`` gives the batch total.
+
+    Raises:
+        ValueError: ``volume`` is not 5-dimensional.
+    """
+    if volume.ndim != 5:
+        raise ValueError(f"volume must be [B, C, H, W, D], got shape {tuple(volume.shape)}")
+    low_slice = torch.amin(volume, dim=(2, 3))  # [B, C, D]
+    high_slice = torch.amax(volume, dim=(2, 3))  # [B, C, D]
+    unspanned = (low_slice > low) | (high_slice < high)  # [B, C, D]
+    return unspanned.sum(dim=(1, 2))  # [B]
+
+
+def renormalisation_share(
+    diff_sq: Union[float, torch.Tensor], pert_sq: Union[float, torch.Tensor]
+) -> float:
+    """Share of the perturbation due to the slice renormalisation: ``sqrt(diff_sq / pert_sq)``.
+
+    With ``diff_sq = sum((slice(X') - clip(X'))^2)`` and ``pert_sq = sum((slice(X') - X)^2)``
+    (VAFA's ``renormalisation_parts``), this is
+    ``||slice(X') - clip(X')||_2 / ||slice(X') - X||_2``. Tensors are summed first,
+    so per-sample or per-tile parts can be passed as they are (sums of squares add
+    up across tiles and samples; norms would not).
+
+    Args:
+        diff_sq: sum(s) of squares of ``slice(X') - clip(X')``, ``>= 0``.
+        pert_sq: sum(s) of squares of ``slice(X') - X``, ``>= 0``.
+
+    Returns:
+        The share, ``>= 0`` (it may exceed 1); 0.0 when both are 0, and 1.0 when
+        ``pert_sq`` is 0 but ``diff_sq`` is not (the whole change is the
+        renormalisation's).
+
+    Raises:
+        ValueError: a negative or non-finite sum.
+    """
+    diff = float(torch.as_tensor(diff_sq, dtype=torch.float64).sum())
+    pert = float(torch.as_tensor(pert_sq, dtype=torch.float64).sum())
+    if not (math.isfinite(diff) and math.isfinite(pert)) or diff < 0 or pert < 0:
+        raise ValueError(f"sums of squares must be finite and >= 0, got diff_sq={diff}, pert_sq={pert}")
+    if pert == 0:
+        return 0.0 if diff == 0 else 1.0
+    return math.sqrt(diff / pert)

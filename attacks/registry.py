@@ -35,7 +35,7 @@ def get_attack_class(name: str) -> Type[Attack]:
 
 def attack_options(name: str) -> tuple:
     """Names of the keyword arguments (after ``model`` and ``loss_fn``) attack ``name`` takes."""
-    return tuple(option.name for option in get_attack_class(name).options)
+    return tuple(option.keyword or option.name for option in get_attack_class(name).options)
 
 
 def all_attack_options() -> list[Option]:

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import math
 import operator
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -14,7 +14,16 @@ import torch.nn as nn
 from utils.options import Option
 
 from .base import Attack, LossFn, fooled_fraction, predict
-from .frequency import block_dct, block_idct, normalize_slices, quantize_dequantize, split_blocks
+from .frequency import (
+    block_dct,
+    block_idct,
+    clip_to_unit,
+    count_unspanned_slices,
+    normalize_slices,
+    quantize_dequantize,
+    renormalisation_share,
+    split_blocks,
+)
 from .options import STEPS, TARGETED
 from .ssim import BlockSSIM
 
@@ -23,12 +32,18 @@ logger = logging.getLogger(__name__)
 ALPHA_START = 0.1  # softness of the differentiable rounding at step 0
 ALPHA_END = 1e-20  # value alpha is annealed towards over ``steps`` steps
 Q_INITS = ("max", "one")
+NORMALISE_MODES = ("slice", "clip")  # the code release's per-slice min-max, the paper's Eq. 1 clip
 
 Q_MAX = Option("q_max", float, 20, "VAFA: upper bound of the quantisation tables", minimum=0.0)
 Q_MIN = Option("q_min", float, 5, "VAFA: lower bound of the quantisation tables (release: 5)", minimum=0.0)
 Q_INIT = Option("q_init", str, "max", "VAFA: start tables at q_max (release) or 1 (paper's Algorithm 1: pair with "
                 "--q_min 1, the start is clipped to [q_min, q_max])", choices=Q_INITS)
 USE_SSIM_LOSS = Option("use_ssim_loss", bool, False, "VAFA-3D: add the block-wise SSIM term")
+NORMALISE = Option("vafa_normalise", str, "slice", "VAFA: map each step's inverse DCT back to [0,1] by per-axial-"
+                   "slice min-max (slice, the release) or by clamp(X'/255, 0, 1) (clip, the paper's Eq. 1)",
+                   choices=NORMALISE_MODES, keyword="normalise")
+SHARE_WARNING = 0.5
+"""A case whose renormalisation share exceeds this is named in a warning."""
 BLOCK_SIZE = Option("block_size", int, [8, 8, 8], "VAFA DCT block: 3 sides (vafa-3d) or 2 (vafa-2d)", nargs="+",
                     minimum=1)
 
@@ -41,7 +56,9 @@ class VAFA(Attack):
     1. ``q`` starts at ``q_max`` (``q_init="max"``, the reference) or 1
        (``q_init="one"``), clamped into ``[q_min, q_max]``, and stays there;
     2. each step: block DCT of ``255 X - 128``, ``phi_diff(coeffs / q, alpha) * q``,
-       inverse block DCT, ``+ 128``, per-axial-slice min-max normalisation -> ``X'``;
+       inverse block DCT, ``+ 128`` -> ``R`` (the 0..255 scale), then back to [0, 1]:
+       per-axial-slice min-max normalisation (``normalise="slice"``) or
+       ``clamp(R / 255, 0, 1)`` (``normalise="clip"``) -> ``X'``;
     3. minimise ``-loss(M(X'), Y)`` (targeted: ``+loss(M(X'), Y_target)``), plus
        ``1 - SSIM(blocks(X), blocks(X'))`` with ``use_ssim_loss`` (3D only);
     4. ``q <- clamp(q - sign(grad_q), q_min, q_max)``; ``alpha`` moves from 0.1
@@ -53,7 +70,11 @@ class VAFA(Attack):
     sides the blocks are 3D; with two, each axial slice ``[:, :, :, :, d]`` is cut
     into 2D blocks (VAFA-2D). The paper's Algorithm 1 corresponds to
     ``q_init="one", q_min=1`` (with the default ``q_min=5``, ``q_init="one"``
-    starts at 5).
+    starts at 5) together with ``normalise="clip"``.
+
+    Where a slice of ``R`` does not span [0, 255] (MRI, tiles away from bone) the
+    release's min-max renormalisation stretches its intensities, a change often
+    much larger than the quantisation; :attr:`renormalisation_parts` measures it.
 
     All per-call state (``q``, ``alpha``) is rebuilt in :meth:`forward`, so one
     object serves any batch or patch size and repeated calls are independent.
@@ -68,18 +89,36 @@ class VAFA(Attack):
         block_size: ``(bh, bw, bd)`` for 3D blocks or ``(bh, bw)`` for per-slice 2D blocks.
         use_ssim_loss: add the block-wise SSIM term (3D only; ignored with a warning in 2D).
         targeted: labels passed to the call are target labels.
+        normalise: how each step maps ``R`` back to [0, 1]. ``"slice"`` (default,
+            the code release, its numbers bit for bit): min-max normalisation of
+            every axial slice, :func:`~attacks.frequency.normalize_slices`.
+            ``"clip"`` (the paper's Eq. 1 and Algorithm 1): ``clamp(R / 255, 0, 1)``,
+            :func:`~attacks.frequency.clip_to_unit`; gradients pass the clamp as
+            torch gives them (zero on clipped voxels).
 
     Attributes:
         q_tables: after a call, the final tables, ``[B, C, n_blocks, bh, bw, bd]``
             (3D) or ``[B, C, D, n_blocks, bh, bw]`` (2D).
         success_rate: fraction of voxels fooled at each step that ran.
         predictions: ``[B, 1, H, W, D]`` argmax of the last forward pass.
+        renormalisation_parts: after a call, what the slice renormalisation
+            contributes, from the last forward pass's ``R`` (in either mode), per
+            sample: a dict of three ``[B]`` float64 CPU tensors of sums of squares
+            over ``(C, H, W, D)``, with ``slice(R) = clamp(normalize_slices(R), 0, 1)``
+            (what ``"slice"`` returns), ``clip(R) = clip_to_unit(R)`` (what ``"clip"``
+            returns) and ``X`` the clean images:
+            ``"diff_sq"``: ``sum((slice(R) - clip(R))^2)``;
+            ``"pert_sq"``: ``sum((slice(R) - X)^2)``;
+            ``"clip_pert_sq"``: ``sum((clip(R) - X)^2)``.
+            Sums of squares add up across tiles of a volume;
+            :func:`~attacks.frequency.renormalisation_share` turns them into
+            ``||slice(R) - clip(R)|| / ||slice(R) - X||``.
 
     Raises:
         ValueError: inconsistent arguments (message names expected and actual).
     """
 
-    options = (Q_MAX, Q_MIN, Q_INIT, STEPS, BLOCK_SIZE, USE_SSIM_LOSS, TARGETED)
+    options = (Q_MAX, Q_MIN, Q_INIT, STEPS, BLOCK_SIZE, USE_SSIM_LOSS, TARGETED, NORMALISE)
 
     def __init__(
         self,
@@ -93,6 +132,7 @@ class VAFA(Attack):
         block_size: Sequence[int] = (8, 8, 8),
         use_ssim_loss: bool = False,
         targeted: bool = False,
+        normalise: str = "slice",
     ):
         super().__init__(model, loss_fn, targeted)
         block_size = _block_size(block_size)
@@ -104,6 +144,8 @@ class VAFA(Attack):
             raise ValueError(f"q_min must be <= q_max, got q_min={q_min} > q_max={q_max}")
         if q_init not in Q_INITS:
             raise ValueError(f"q_init must be one of {Q_INITS}, got {q_init!r}")
+        if normalise not in NORMALISE_MODES:
+            raise ValueError(f"normalise must be one of {NORMALISE_MODES}, got {normalise!r}")
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps}")
         self.q_max = float(q_max)
@@ -112,10 +154,12 @@ class VAFA(Attack):
         self.steps = int(steps)
         self.block_size = block_size
         self.use_ssim_loss = bool(use_ssim_loss)
+        self.normalise = normalise
         if self.use_ssim_loss and not self.is_3d:
             logger.warning("VAFA-2D has no SSIM term; use_ssim_loss=True is ignored")
         self.q_tables: Optional[torch.Tensor] = None
         self.predictions: Optional[torch.Tensor] = None
+        self.renormalisation_parts: Optional[Dict[str, torch.Tensor]] = None
 
     @property
     def is_3d(self) -> bool:
@@ -180,7 +224,7 @@ class VAFA(Attack):
             q.requires_grad_(True)
             with _autocast_off(device):
                 restored = block_idct(quantize_dequantize(coeffs, q, alpha), self.transform_block) + 128
-                adv = normalize_slices(restored)  # [B, C, H, W, D]
+                adv = self._to_unit(restored)  # [B, C, H, W, D]
             logits = self.model(adv)  # [B, N, H, W, D]
             loss = -self.objective(logits, labels)
             if ssim_to_clean is not None:
@@ -201,14 +245,85 @@ class VAFA(Attack):
 
         self.q_tables = self._tables(q)
         self.predictions = pred
+        with torch.no_grad(), _autocast_off(device):
+            self.renormalisation_parts = _renormalisation_parts(restored.detach(), images)
         return torch.clamp(adv.detach(), 0, 1)
+
+    @classmethod
+    def folder_name(cls, values) -> str:
+        """The release's folder name; ``--vafa_normalise clip`` adds ``_clip`` (the default adds nothing)."""
+        mode = values.get("vafa_normalise", "slice")
+        return super().folder_name(values) + ("" if mode == "slice" else f"_{mode}")
+
+    @classmethod
+    def summary(cls, values) -> str:
+        mode = values.get("vafa_normalise", "slice")
+        return super().summary(values) + ("" if mode == "slice" else f", normalise={mode}")
+
+    def describe_input(self, image: torch.Tensor) -> Optional[str]:
+        """How many axial slices of the clean volume do not span [0, 1] (the slice
+        renormalisation stretches those)."""
+        count = int(count_unspanned_slices(image).sum())
+        slices = image.shape[0] * image.shape[1] * image.shape[-1]
+        return f"{count} of {slices} axial slices do not span [0, 1] (min > 0.01 or max < 0.99)"
+
+    def call_parts(self):
+        parts = self.renormalisation_parts
+        return None if parts is None else {key: value.sum() for key, value in parts.items()}
+
+    @classmethod
+    def case_metrics(cls, sums) -> dict:
+        """``renormalisation_share``: ||slice(X') - clip(X')|| / ||slice(X') - X|| over the volume's tiles."""
+        if "diff_sq" not in sums:
+            return {}
+        return {"renormalisation_share": renormalisation_share(float(sums["diff_sq"]), float(sums["pert_sq"]))}
+
+    @classmethod
+    def review(cls, per_case) -> Optional[str]:
+        hit = sorted(name for name, case in per_case.items()
+                     if (case.get("renormalisation_share") or 0) > SHARE_WARNING)
+        if not hit:
+            return None
+        return (f"in {len(hit)} case(s) ({', '.join(hit)}) more than half of VAFA's perturbation comes from the "
+                "release's per-slice min-max renormalisation, not from the quantisation (slices that do not span "
+                "[0, 1] are stretched); consider --vafa_normalise clip, the paper's formulation")
+
+    def _to_unit(self, restored: torch.Tensor) -> torch.Tensor:
+        """``R`` ``[B, C, H, W, D]`` on the 0..255 scale -> ``X'`` in [0, 1], by ``normalise``."""
+        if self.normalise == "clip":
+            return clip_to_unit(restored)
+        return normalize_slices(restored)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(q_max={self.q_max}, q_min={self.q_min}, q_init={self.q_init!r}, "
             f"steps={self.steps}, block_size={self.block_size}, use_ssim_loss={self.use_ssim_loss}, "
-            f"targeted={self.targeted})"
+            f"targeted={self.targeted}, normalise={self.normalise!r})"
         )
+
+
+def _renormalisation_parts(restored: torch.Tensor, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Per-sample sums of squares of :attr:`VAFA.renormalisation_parts` (see there).
+
+    Args:
+        restored: ``[B, C, H, W, D]`` un-normalised inverse DCT ``R`` (0..255 scale).
+        images: ``[B, C, H, W, D]`` clean images in [0, 1].
+
+    Returns:
+        ``{"diff_sq", "pert_sq", "clip_pert_sq"}`` -> ``[B]`` float64 CPU tensors.
+    """
+    sliced = torch.clamp(normalize_slices(restored), 0, 1).double()  # as "slice" returns it
+    clipped = clip_to_unit(restored).double()  # as "clip" returns it
+    clean = images.double()
+
+    def sum_sq(x: torch.Tensor) -> torch.Tensor:
+        return x.square().sum(dim=(1, 2, 3, 4)).cpu()  # [B]
+
+    return {
+        "diff_sq": sum_sq(sliced - clipped),
+        "pert_sq": sum_sq(sliced - clean),
+        "clip_pert_sq": sum_sq(clipped - clean),
+    }
 
 
 def _autocast_off(device: torch.device):

@@ -95,7 +95,8 @@ def label_name(item: dict) -> str:
     return os.path.basename(str(item["label"]))
 
 
-MakeAdv = Callable[[dict, torch.Tensor, torch.Tensor, int], torch.Tensor]
+MakeAdv = Callable[[dict, torch.Tensor, torch.Tensor, int], tuple]
+"""``make_adv(item, image, label, index) -> (adversarial volume, extra per-case report entries)``."""
 
 
 class CaseEvaluator:
@@ -156,8 +157,8 @@ class CaseEvaluator:
             check_case(image[0], label[0], self.num_classes, name)
             affine = getattr(data["image"], "affine", None)
             affine = np.eye(4) if affine is None else np.asarray(affine.cpu() if torch.is_tensor(affine) else affine)
-            adv = make_adv(item, image, label, index)
-            results[name] = self.evaluate(name, label_name(item), image, adv, label, affine)
+            adv, extra = make_adv(item, image, label, index)
+            results[name] = self.evaluate(name, label_name(item), image, adv, label, affine, extra)
             logger.info(
                 "%s: Dice clean %.2f adv %.2f | HD95 clean %.2f adv %.2f | success %.2f%% | %.1fs",
                 name, results[name]["dice_clean"], results[name]["dice_adv"],
@@ -167,7 +168,7 @@ class CaseEvaluator:
         return results
 
     def evaluate(self, name: str, lbl_name: str, image: torch.Tensor, adv: torch.Tensor, label: torch.Tensor,
-                 affine: np.ndarray) -> dict:
+                 affine: np.ndarray, extra: Optional[Mapping] = None) -> dict:
         from utils.metrics import compute_case_metrics
 
         pred_clean = predict_volume(self.model, image, self.job.window)
@@ -177,6 +178,7 @@ class CaseEvaluator:
             num_classes=self.num_classes, lpips=self.lpips,
         )
         case = report_case(metrics, self.class_names)
+        case.update(extra or {})
         case["shape"] = list(image.shape[2:])
         if self.run_dir is not None:
             if self.save_volumes:
@@ -221,6 +223,9 @@ def finish_run(job: EvalJob, results: dict[str, dict], evaluator: CaseEvaluator,
     report = {"overall": overall, "per_case": per_case, "args": dict(job.record),
               "timing": {"seconds": round(elapsed, 2), "processes": dist_utils.rank_and_world()[1],
                          "torch_threads": torch.get_num_threads()}}
+    warning = job.attack.attack_class.review(per_case)
+    if warning:
+        logger.warning("%s", warning)
     if job.run_dir is not None:
         write_json(os.path.join(job.run_dir, "results.json"), report)
         write_csv(os.path.join(job.run_dir, "per_case.csv"), case_rows(per_case))
@@ -272,7 +277,19 @@ def _run_generation(job: EvalJob, device: torch.device) -> dict:
 
     def make_adv(item, image, label, index):
         seed_everything(job.seed + index)  # per case: sharded runs equal one-process runs
-        return job.attack.attack_volume(attack, image, label, roi, progress=dist_utils.is_main_process())
+        note = attack.describe_input(image)
+        if note:
+            logger.info("%s: %s", case_name(item), note)
+        sums: dict = {}
+
+        def attack_and_measure(tiles, tile_labels):  # adds up what each tile batch's call reports
+            adv_tiles = attack(tiles, tile_labels)
+            for key, value in (attack.call_parts() or {}).items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            return adv_tiles
+
+        adv = job.attack.attack_volume(attack_and_measure, image, label, roi, progress=dist_utils.is_main_process())
+        return adv, attack.case_metrics(sums)
 
     evaluator = CaseEvaluator(job, model, device, save_volumes=True)
     results = evaluator.run(items, make_adv)
@@ -304,7 +321,7 @@ def _run_inference(job: EvalJob, device: torch.device) -> dict:
                 f"{path} has shape {tuple(array.shape)} but case {case_name(item)} loads as {tuple(image.shape[2:])}; "
                 "use the same data flags (--space_*, --a_min/--a_max, --dataset) as the generation run"
             )
-        return torch.from_numpy(array_to_volume(array)).to(image)[None, None]
+        return torch.from_numpy(array_to_volume(array)).to(image)[None, None], {}
 
     evaluator = CaseEvaluator(job, model, device, save_volumes=False)
     results = evaluator.run(items, load_adv)

@@ -51,6 +51,9 @@ def format_summary(overall: dict, title: str) -> str:
         f"SSIM {fmt(overall.get('ssim'), 4)}   PSNR {fmt(overall.get('psnr'))} dB   "
         f"LPIPS similarity {fmt(overall.get('lpips_similarity'))}{lpips_note}",
     ]
+    if overall.get("renormalisation_share") is not None:
+        lines.append(f"VAFA renormalisation share {fmt(overall['renormalisation_share'], 3)} "
+                     "(share of the perturbation that the per-slice min-max makes, or would make)")
     return "\n".join(lines)
 
 

@@ -20,8 +20,8 @@ class Option:
     """One keyword argument and the flag that sets it.
 
     Args:
-        name: keyword of the constructor, also the flag's name (``--{name}``) and its
-            key in ``args.json``.
+        name: the flag's name (``--{name}``) and its key in ``args.json``; also the
+            constructor's keyword unless ``keyword`` names another.
         type: parser type (``int``, ``float``, ``str``; ``bool`` for a store-true switch).
         default: flag default (a value as typed, before ``scale``).
         help: flag help text.
@@ -30,6 +30,7 @@ class Option:
         scale: the constructor receives ``value * scale`` (``--eps 4`` on the [0, 255]
             scale reaches the attack as ``4 / 255``); lists are converted to tuples.
         minimum: smallest allowed value (inclusive), checked together with finiteness.
+        keyword: the constructor's keyword when it differs from ``name``.
     """
 
     name: str
@@ -40,6 +41,7 @@ class Option:
     nargs: Optional[str] = None
     scale: Optional[float] = None
     minimum: Optional[float] = None
+    keyword: Optional[str] = None
 
     def add_to(self, group) -> None:
         """Add the flag to an argparse parser or group."""
@@ -115,7 +117,8 @@ def option_values(options: Iterable[Option], values: Mapping[str, Any] | argpars
 
 def constructor_kwargs(options: Iterable[Option], values: Mapping[str, Any]) -> dict:
     """Keyword arguments of the constructor: each option's value converted (:meth:`Option.convert`)."""
-    return {option.name: option.convert(values[option.name]) for option in options if option.name in values}
+    return {option.keyword or option.name: option.convert(values[option.name])
+            for option in options if option.name in values}
 
 
 def lookup(registry: Mapping[str, Any], name: str, flag: str, error: type = ValueError) -> Any:

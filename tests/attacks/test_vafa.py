@@ -39,8 +39,11 @@ def _phi(x, alpha):
     return fl + (torch.tanh((x - fl - 0.5) * k) * s + 1) / 2
 
 
-def reference_vafa(model, loss_fn, images, labels, steps, q_max, q_min, block, use_ssim=False):
+def reference_vafa(model, loss_fn, images, labels, steps, q_max, q_min, block, use_ssim=False, normalise="slice"):
     """The release's VAFA written the slow, obvious way: Python loops over blocks and slices.
+
+    ``normalise="clip"`` replaces the release's per-slice min-max by the paper's
+    Eq. 1 clip, ``clamp(merged / 255, 0, 1)`` of the whole merged volume.
 
     Float64 throughout except alpha, which accumulates in float32 as in the release.
     The 2D blocks are merged back at the right place (the release swaps H and W).
@@ -64,13 +67,16 @@ def reference_vafa(model, loss_fn, images, labels, steps, q_max, q_min, block, u
             coeffs = _transform(images[index(b, c, sl)] * 255 - 128, inverse=False)
             restored = _transform(_phi(coeffs / qt, float(alpha)) * qt, inverse=True) + 128
             merged[index(b, c, sl)] = restored
-        slices = []
-        for b in range(B):
-            for c in range(C):
-                for d in range(D):
-                    s = merged[b, c, :, :, d]
-                    slices.append((s - s.min()) / (s.max() - s.min()))
-        adv = torch.stack(slices).reshape(B, C, D, H, W).permute(0, 1, 3, 4, 2)
+        if normalise == "clip":
+            adv = torch.clamp(merged / 255, 0, 1)
+        else:
+            slices = []
+            for b in range(B):
+                for c in range(C):
+                    for d in range(D):
+                        s = merged[b, c, :, :, d]
+                        slices.append((s - s.min()) / (s.max() - s.min()))
+            adv = torch.stack(slices).reshape(B, C, D, H, W).permute(0, 1, 3, 4, 2)
         loss = -loss_fn(model(adv), labels)
         if use_ssim:  # the release's layout: [n_blocks, B, bd, bh, bw] with C = 1
             clean = torch.stack([images[:, 0][(slice(None),) + tuple(sl)].permute(0, 3, 1, 2) for _, _, sl in where[: len(where) // B]])
