@@ -3,8 +3,9 @@
 
 1. writes a synthetic abdominal CT dataset in the Synapse layout (``data.phantom``);
 2. trains a small UNETR on it (``run_normal_or_adv_training.py``);
-3. attacks the validation cases with PGD (eps 4) and VAFA-3D (q_max 20, SSIM term on)
-   (``generate_adv_samples.py``, with ``--save_figures``);
+3. attacks the validation cases with PGD (eps 4) and VAFA-3D (q_max 20, SSIM term on),
+   VAFA in both of its last steps: the release's per-slice renormalisation and the
+   paper's clip (``--vafa_normalise clip``) (``generate_adv_samples.py``, with ``--save_figures``);
 4. prints one table comparing clean and adversarial metrics.
 
 Each step prints the command line it runs, so the same commands can be typed by hand.
@@ -32,6 +33,8 @@ ATTACKS = {
     "PGD eps=4": ["--attack_name", "pgd", "--eps", "4", "--alpha", "0.01", "--steps", "10"],
     "VAFA-3D q_max=20": ["--attack_name", "vafa-3d", "--q_max", "20", "--steps", "10",
                          "--block_size", "8", "8", "8", "--use_ssim_loss"],
+    "VAFA-3D q_max=20, clip": ["--attack_name", "vafa-3d", "--q_max", "20", "--steps", "10",
+                               "--block_size", "8", "8", "8", "--use_ssim_loss", "--vafa_normalise", "clip"],
 }
 
 
