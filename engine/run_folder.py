@@ -8,7 +8,7 @@ from typing import Mapping
 
 from utils import distributed as dist_utils
 from utils.errors import UserError
-from utils.io import read_json, write_json
+from utils.io import read_json, remove_stale_temporaries, write_json
 
 RUN_FILES = ("results.json", "per_case.csv", "args.json", "log.out")
 RUN_FOLDERS = ("cases", "figures", "imagesTsClean", "labelsTsClean", "imagesTsAdv",
@@ -25,8 +25,9 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
 
     An existing folder whose ``args.json`` records other numbers-changing settings is an
     error unless ``overwrite``; with ``overwrite`` only the files this tool writes are
-    removed. Anything else in the folder is left alone. ``args.json`` is then written
-    with ``record`` (the run's resolved arguments).
+    removed. Anything else in the folder is left alone. Temporary files of a killed
+    write are removed, then ``args.json`` is written with ``record`` (the run's resolved
+    arguments).
 
     Args:
         run_dir: the run folder.
@@ -56,6 +57,8 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
                 "pass --overwrite to replace it or choose another output folder"
             )
     if dist_utils.is_main_process():
+        for folder in ("", *RUN_FOLDERS):  # what a killed write left behind
+            remove_stale_temporaries(os.path.join(run_dir, folder))
         os.makedirs(os.path.join(run_dir, "cases"), exist_ok=True)
         write_json(args_file, dict(record))
     dist_utils.barrier()

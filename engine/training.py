@@ -21,7 +21,7 @@ from trainer import BEST, LATEST, TRAINERS, Trainer, TrainerConfig, TrainingResu
 from utils import distributed as dist_utils
 from utils.distributed import LaunchSettings
 from utils.errors import UserError
-from utils.io import write_json
+from utils.io import remove_stale_temporaries, write_json
 from utils.seeding import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -193,6 +193,7 @@ def _train_process(job: TrainingJob, device: torch.device) -> TrainingResult:
         logging.getLogger().setLevel(logging.WARNING)
     if run_dir is not None and main:
         os.makedirs(run_dir, exist_ok=True)
+        remove_stale_temporaries(run_dir)  # a checkpoint write killed mid-way
         continuing = job.resume_from is not None and not job.restart
         if not continuing or not os.path.exists(os.path.join(run_dir, "args.json")):
             write_json(os.path.join(run_dir, "args.json"), dict(job.record))

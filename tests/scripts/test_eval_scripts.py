@@ -265,3 +265,13 @@ def test_release_commands_parse_unchanged():
         assert parsed.attack_name == attack.split()[1]
     args = inf.parse_args(SEED_INFERENCE.split())
     assert args.out_channels == 14 and args.adv_images_dir == "ADV"
+
+
+def test_a_rerun_clears_what_a_killed_write_left(pgd_run):
+    from utils.io import TEMP_PREFIX
+
+    argv, _, run_dir = pgd_run
+    (run_dir / "cases" / f"{TEMP_PREFIX}x.json").write_text("{")
+    (run_dir / "imagesTsAdv" / f"{TEMP_PREFIX}y.nii.gz").write_bytes(b"")
+    assert gen.main(argv) == 0
+    assert not [p for p in run_dir.rglob(f"{TEMP_PREFIX}*")]
