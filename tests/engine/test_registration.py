@@ -21,7 +21,7 @@ import generate_adv_samples as gen
 from attacks import ATTACKS, Attack
 from data.datasets import DATASETS, DatasetSpec
 from networks import MODELS, ModelEntry
-from tests.scripts.helpers import data_flags, make_tiny_checkpoint, run_main, tiny_model_flags
+from tests.scripts.helpers import eval_flags, run_main
 from utils.options import Option
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,20 +49,10 @@ def build_toy_unet(in_channels, out_channels, img_size, unet_width=4):
                      features=(w, w, 2 * w, 2 * w, 4 * w, w))
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "model.pt"))
-
-
-def _flags(tiny_dataset, checkpoint, out, *extra):
-    return (tiny_model_flags() + data_flags(tiny_dataset.data_dir, tiny_dataset.json_name)
-            + ["--use_pretrained", "--pretrained_path", checkpoint, "--max_cases", "1", "--infer_overlap", "0",
-               "--save_adv_images_dir", str(out), *extra])
-
 
 def test_a_toy_attack_runs_end_to_end(monkeypatch, tiny_dataset, checkpoint, tmp_path, capsys):
     monkeypatch.setitem(ATTACKS, ShiftAttack.name, ShiftAttack)
-    argv = _flags(tiny_dataset, checkpoint, tmp_path, "--attack_name", "toy-shift", "--shift", "2",
+    argv = eval_flags(tiny_dataset, checkpoint, tmp_path, "--attack_name", "toy-shift", "--shift", "2",
                   "--save_dtype", "float32")
     code = gen.main(argv)
     out = capsys.readouterr()
@@ -76,7 +66,7 @@ def test_a_toy_attack_runs_end_to_end(monkeypatch, tiny_dataset, checkpoint, tmp
     adv = nib.load(run_dir / f"imagesTsAdv/adv_{name}").get_fdata()
     np.testing.assert_allclose(adv, np.clip(clean + 2 / 255, 0, 1), atol=1e-6)
     # its option is checked like every other: a non-finite value is one line, exit 2
-    code, err = run_main(gen.main, _flags(tiny_dataset, checkpoint, tmp_path / "bad", "--attack_name", "toy-shift",
+    code, err = run_main(gen.main, eval_flags(tiny_dataset, checkpoint, tmp_path / "bad", "--attack_name", "toy-shift",
                                           "--shift", "nan"), capsys)
     assert code == 2 and "--shift must be a finite number, got nan" in err and len(err.strip().splitlines()) == 1
 
@@ -88,14 +78,14 @@ def test_a_toy_model_runs_end_to_end(monkeypatch, tiny_dataset, tmp_path, capsys
     path = str(tmp_path / "toy.pt")
     torch.save({"epoch": 0, "state_dict": model.state_dict()}, path)
     # UNETR's flags (--feature_size ...) are accepted but not passed to a model that does not declare them
-    argv = _flags(tiny_dataset, path, tmp_path / "out", "--model_name", "toy-unet", "--unet_width", "2",
+    argv = eval_flags(tiny_dataset, path, tmp_path / "out", "--model_name", "toy-unet", "--unet_width", "2",
                   "--attack_name", "fgsm", "--eps", "4")
     assert gen.main(argv) == 0
     results = json.loads((tmp_path / "out" / "fgsm_eps_4.0" / "results.json").read_text())
     assert results["args"]["model_name"] == "toy-unet" and results["overall"]["n_cases"] == 1
     capsys.readouterr()
     # another width does not fit the checkpoint: one line naming the mismatch, exit 2
-    code, err = run_main(gen.main, _flags(tiny_dataset, path, tmp_path / "other", "--model_name", "toy-unet",
+    code, err = run_main(gen.main, eval_flags(tiny_dataset, path, tmp_path / "other", "--model_name", "toy-unet",
                                           "--unet_width", "3", "--attack_name", "fgsm", "--debugging"), capsys)
     assert code == 2 and "does not fit the model" in err and "Traceback" not in err
 
@@ -108,7 +98,7 @@ def test_a_toy_dataset_entry_gives_defaults_and_names(monkeypatch, tiny_dataset,
     listing = json.loads((data_dir / tiny_dataset.json_name).read_text())
     listing.pop("labels", None)
     (data_dir / tiny_dataset.json_name).write_text(json.dumps(listing))
-    flags = _flags(tiny_dataset, checkpoint, tmp_path / "out", "--attack_name", "gn", "--std", "4")
+    flags = eval_flags(tiny_dataset, checkpoint, tmp_path / "out", "--attack_name", "gn", "--std", "4")
     flags[flags.index("--data_dir") + 1] = str(data_dir)
     assert gen.main(flags + ["--dataset", "toy"]) == 0
     results = json.loads((tmp_path / "out" / "gn_std_4.0" / "results.json").read_text())

@@ -14,27 +14,17 @@ import generate_adv_samples as gen
 import run_normal_or_adv_training as train_script
 from engine import cli, training
 from networks import build_model
-from tests.scripts.helpers import data_flags, make_tiny_checkpoint, tiny_model_flags
+from tests.scripts.helpers import eval_flags
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 VAFA = ["--attack_name", "vafa-3d", "--block_size", "8", "8", "8", "--steps", "2", "--q_max", "20"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "model.pt"))
-
-
-def _argv(tiny_dataset, checkpoint, out, *extra):
-    return (tiny_model_flags() + data_flags(tiny_dataset.data_dir, tiny_dataset.json_name)
-            + ["--use_pretrained", "--pretrained_path", checkpoint, "--max_cases", "1", "--infer_overlap", "0",
-               "--save_adv_images_dir", str(out), *VAFA, *extra])
-
 
 def test_the_default_keeps_the_release_folder_and_clip_gets_its_own(tiny_dataset, checkpoint, tmp_path):
-    default = gen.parse_args(_argv(tiny_dataset, checkpoint, tmp_path))
-    clip = gen.parse_args(_argv(tiny_dataset, checkpoint, tmp_path, "--vafa_normalise", "clip"))
+    default = gen.parse_args(eval_flags(tiny_dataset, checkpoint, tmp_path, *VAFA))
+    clip = gen.parse_args(eval_flags(tiny_dataset, checkpoint, tmp_path, *VAFA, "--vafa_normalise", "clip"))
     assert cli.adv_subdir_name(default) == "vafa_q_max_20.0_i_2_3d_dct_8x8x8_use_ssim_loss_False"
     assert cli.adv_subdir_name(clip) == "vafa_q_max_20.0_i_2_3d_dct_8x8x8_use_ssim_loss_False_clip"
     assert cli.attack_settings(clip).build(None, None).normalise == "clip"
@@ -50,7 +40,7 @@ def _run(argv, run_dir):
 
 def test_share_is_reported_per_case_and_overall(tiny_dataset, checkpoint, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    results, rows = _run(_argv(tiny_dataset, checkpoint, tmp_path), tmp_path / "vafa_q_max_20.0_i_2_3d_dct_8x8x8_use_ssim_loss_False")
+    results, rows = _run(eval_flags(tiny_dataset, checkpoint, tmp_path, *VAFA), tmp_path / "vafa_q_max_20.0_i_2_3d_dct_8x8x8_use_ssim_loss_False")
     (case,) = results["per_case"].values()
     assert 0 <= case["renormalisation_share"] == pytest.approx(results["overall"]["renormalisation_share"])
     assert float(rows[0]["renormalisation_share"]) == pytest.approx(case["renormalisation_share"])
@@ -61,13 +51,13 @@ def test_a_compressed_range_fires_the_warning_and_clip_perturbs_less(tiny_datase
     # the CT window mapped into [0.3, 0.6]: no slice spans [0, 1], as with MRI normalised per volume
     squeeze = ["--b_min", "0.3", "--b_max", "0.6"]
     caplog.set_level(logging.INFO)
-    slice_results, _ = _run(_argv(tiny_dataset, checkpoint, tmp_path, *squeeze),
+    slice_results, _ = _run(eval_flags(tiny_dataset, checkpoint, tmp_path, *VAFA, *squeeze),
                             tmp_path / "vafa_q_max_20.0_i_2_3d_dct_8x8x8_use_ssim_loss_False")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     name = next(iter(slice_results["per_case"]))
     assert slice_results["per_case"][name]["renormalisation_share"] > 0.5
     assert len([w for w in warnings if "--vafa_normalise clip" in w]) == 1 and name in warnings[-1]
-    clip_results, _ = _run(_argv(tiny_dataset, checkpoint, tmp_path, *squeeze, "--vafa_normalise", "clip"),
+    clip_results, _ = _run(eval_flags(tiny_dataset, checkpoint, tmp_path, *VAFA, *squeeze, "--vafa_normalise", "clip"),
                            tmp_path / "vafa_q_max_20.0_i_2_3d_dct_8x8x8_use_ssim_loss_False_clip")
     # the stretch is gone: the clipped attack changes the image far less
     assert clip_results["overall"]["psnr"] > slice_results["overall"]["psnr"] + 10

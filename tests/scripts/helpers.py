@@ -53,3 +53,10 @@ def run_main(main, argv, capsys):
     except SystemExit as exit_:
         code = exit_.code
     return code, capsys.readouterr().err
+
+
+def eval_flags(dataset, checkpoint: str, out, *extra: str) -> list[str]:
+    """``generate_adv_samples.py`` flags: the tiny model on ``dataset``'s first validation case, saving under ``out``."""
+    return (tiny_model_flags() + data_flags(dataset.data_dir, dataset.json_name)
+            + ["--use_pretrained", "--pretrained_path", checkpoint, "--max_cases", "1", "--infer_overlap", "0",
+               "--save_adv_images_dir", str(out), *extra])
