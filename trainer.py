@@ -398,6 +398,12 @@ class Trainer:
         self.best_acc = float(ckpt.get("best_acc") or 0.0)
         self.last_acc = float(ckpt["epoch_acc"]) if ckpt.get("epoch_acc") is not None else None
         if isinstance(ckpt.get("optimizer_state_dict"), Mapping):
+            saved_groups = ckpt["optimizer_state_dict"].get("param_groups") or [{}]
+            ours, theirs = set(self.optimizer.param_groups[0]) - {"params"}, set(saved_groups[0]) - {"params"}
+            if ours != theirs:
+                raise UserError(f"the optimiser state in {path} was written by another optimiser than --optim_name "
+                                f"{self.config.optim_name} (its settings: {sorted(theirs)}); resume with the run's own "
+                                "--optim_name or start from its weights with --resume_but_restart")
             try:
                 self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
             except (ValueError, KeyError) as err:
@@ -528,7 +534,9 @@ class Trainer:
                     row["val_dice_adv"] = val.get("val_dice_adv")
                 row["epoch_time"] = round(elapsed, 3)
                 self._write_metrics(row)
-                self.save(epoch, (LATEST, BEST) if new_best else (LATEST,))
+                # best first: a crash between the two writes leaves the previous latest, whose
+                # resume redoes the epoch and writes best again (latest first would leave best stale)
+                self.save(epoch, (BEST, LATEST) if new_best else (LATEST,))
                 self._log_epoch(epoch, terms, lr, val, new_best, elapsed)
                 result.epochs_done = epoch + 1
         finally:

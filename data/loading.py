@@ -168,6 +168,13 @@ def load_datalist(data_dir: str, json_list: str, split: str) -> list[dict]:
                 missing.append(path)
         item["name"] = os.path.basename(item["image"])
         items.append(item)
+    names: dict[str, str] = {}
+    for item in items:  # outputs are named after the image file: two equal names would overwrite each other
+        if item["name"] in names:
+            raise UserError(f"the '{split}' split of {json_path} lists two images named {item['name']} "
+                            f"({names[item['name']]} and {item['image']}); output files are named after the image "
+                            "file, so give each case a distinct file name")
+        names[item["name"]] = item["image"]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(
@@ -413,9 +420,12 @@ def build_loader(
         shuffle = mode == "train" and sampler is None
     if shuffle and sampler is not None:
         raise ValueError("shuffle=True cannot be combined with a sampler; let the sampler shuffle")
+    from utils.distributed import ignore_stop_signals
+
     workers = settings.workers
     return DataLoader(
         build_dataset(settings, split, mode),
+        worker_init_fn=ignore_stop_signals,
         batch_size=batch_size or 1,
         shuffle=shuffle,
         sampler=sampler,
@@ -438,10 +448,14 @@ def check_case(image, label, num_classes: int, name: str) -> None:
         name: case name for the message.
 
     Raises:
-        UserError: spatial shapes differ, label values are not whole numbers, or
-            lie outside ``0 .. num_classes - 1``.
+        UserError: spatial shapes differ, the image holds NaN or Inf, label values are
+            not whole numbers, or lie outside ``0 .. num_classes - 1``.
     """
     image_shape, label_shape = tuple(image.shape), tuple(label.shape)
+    finite = bool(image.isfinite().all()) if hasattr(image, "isfinite") else bool(np.isfinite(image).all())
+    if not finite:
+        raise UserError(f"case {name}: the image holds NaN or Inf voxels; fix or drop the file (no metric is "
+                        "computed from non-finite data)")
     if image_shape[-3:] != label_shape[-3:]:
         raise UserError(
             f"case {name}: image shape {image_shape} and label shape {label_shape} differ; "
@@ -469,27 +483,47 @@ def check_case(image, label, num_classes: int, name: str) -> None:
         )
 
 
-def check_files(item: dict) -> None:
-    """Refuse a datalist entry whose image and label files hold different voxel grids.
+AFFINE_TOLERANCE = 1e-3
+"""Largest difference (mm, or direction-cosine units) between an image's and its label's affine."""
 
-    Reads the NIfTI headers only. Run before the transforms: resampling and the
-    foreground crop would otherwise silently bring a mismatched label onto the image grid.
+
+def check_files(item: dict, read_data: bool = False) -> None:
+    """Refuse a datalist entry whose image and label files do not describe one voxel grid.
+
+    Reads the NIfTI headers (and, with ``read_data``, every voxel, which finds a
+    truncated or corrupt file). Run before the transforms: resampling and the foreground
+    crop would otherwise silently bring a mismatched label onto the image grid.
 
     Raises:
-        UserError: the spatial shapes of the two files differ, or a file cannot be read.
+        UserError: a file cannot be read, is not a 3D volume, or the two files differ in
+            shape or affine (origin, spacing or axis directions).
     """
     import nibabel as nib
 
-    shapes = []
+    shapes, affines = [], []
     for key in KEYS:
         try:
-            shapes.append(tuple(nib.load(item[key]).shape[:3]))
-        except Exception as err:  # nibabel raises several types for unreadable files
+            volume = nib.load(item[key])
+            if read_data:
+                np.asanyarray(volume.dataobj)
+        except Exception as err:  # nibabel, gzip and zlib raise several types for unreadable files
             raise UserError(f"cannot read {key} file {item[key]}: {err}") from None
+        shape = tuple(volume.shape)
+        if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
+            raise UserError(f"{key} file {item[key]} has shape {shape}; a 3D volume [H, W, D] is expected")
+        shapes.append(shape[:3])
+        affines.append(np.asarray(volume.affine, dtype=np.float64))
+    name, label_file = os.path.basename(str(item["image"])), os.path.basename(str(item["label"]))
     if shapes[0] != shapes[1]:
         raise UserError(
-            f"case {os.path.basename(str(item['image']))}: image shape {shapes[0]} and label shape {shapes[1]} "
-            f"({os.path.basename(str(item['label']))}) differ; image and label files must cover the same voxel grid"
+            f"case {name}: image shape {shapes[0]} and label shape {shapes[1]} "
+            f"({label_file}) differ; image and label files must cover the same voxel grid"
+        )
+    gap = float(np.abs(affines[0] - affines[1]).max())
+    if not np.isfinite(gap) or gap > AFFINE_TOLERANCE:
+        raise UserError(
+            f"case {name}: image and label ({label_file}) affines differ by up to {gap:.4g} (origin, spacing or "
+            "axis direction); the label would be scored on another grid: re-export the label on the image's grid"
         )
 
 

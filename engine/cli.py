@@ -31,11 +31,19 @@ from utils.options import add_options, option_values
 logger = logging.getLogger(__name__)
 
 RUNTIME_FLAGS = frozenset({
-    "device", "workers", "overwrite", "debugging", "verbose", "attack_batch_size", "sw_batch_size",
+    "device", "workers", "overwrite", "debugging", "verbose", "sw_batch_size",
     "save_figures", "max_cases", "distributed", "world_size", "rank", "dist_url", "dist_backend",
-    "results_dir", "exp_name", "use_normal_dataset",
+    "results_dir", "exp_name", "use_normal_dataset", "save_adv_images_dir",
 })
-"""Flags that do not change a run's numbers: a run folder may be resumed with other values."""
+"""Flags that do not change a run's numbers: a run folder may be resumed with other values.
+(``--attack_batch_size`` is not among them: the tiles batched together share one early stop
+and one random draw, so it changes the adversarial volumes.)"""
+
+VOLUME_FLAGS = ("dataset", "a_min", "a_max", "b_min", "b_max", "space_x", "space_y", "space_z")
+"""Flags that decide how a case is loaded: inference must use the generation run's values."""
+
+PATH_FLAGS = frozenset({"data_dir", "json_list", "pretrained_path", "adv_images_dir"})
+"""Flags holding paths: a resume compares them as canonical paths."""
 
 LR_SCHEDULES = ("warmup_cosine", "cosine_anneal")
 """``--lrschedule`` values with a schedule; any other value trains at a constant rate (release)."""
@@ -105,7 +113,9 @@ def add_attack_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--attack_name", default=next(iter(ATTACKS)), choices=tuple(ATTACKS), help="attack")
     add_options(g, all_attack_options())
     g.add_argument("--target_class", default=0, type=int, help="class every voxel is pushed to under --targeted (0 = background)")
-    g.add_argument("--attack_batch_size", default=6, type=int, help="ROI tiles attacked together (release: 6)")
+    g.add_argument("--attack_batch_size", default=6, type=int,
+                   help="ROI tiles attacked together (release: 6); part of a run's settings, since tiles batched "
+                        "together share the attack's early stop and random draws")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
@@ -200,8 +210,16 @@ def check_model_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error("--a_min and --a_max go together: give both (an intensity window) or neither")
     if args.a_min is not None and not args.a_min < args.a_max:
         parser.error(f"--a_min must be below --a_max, got {args.a_min} and {args.a_max}")
-    if not args.b_min < args.b_max:
-        parser.error(f"--b_min must be below --b_max, got {args.b_min} and {args.b_max}")
+    if not 0 <= args.b_min < args.b_max <= 1:
+        parser.error(f"--b_min/--b_max must satisfy 0 <= b_min < b_max <= 1 (attacks and saved volumes assume "
+                     f"images in [0, 1]), got {args.b_min} and {args.b_max}")
+    for name in ("space_x", "space_y", "space_z"):
+        value = getattr(args, name)
+        if not (value > 0 and value != float("inf")):
+            parser.error(f"--{name} must be a finite spacing > 0 (mm), got {value}")
+    for name in ("RandFlipd_prob", "RandRotate90d_prob", "RandScaleIntensityd_prob", "RandShiftIntensityd_prob"):
+        if not 0 <= getattr(args, name) <= 1:
+            parser.error(f"--{name} must be a probability in [0, 1], got {getattr(args, name)}")
     for name in ("in_channels", "out_channels", "roi_x", "roi_y", "roi_z", "sw_batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -355,6 +373,7 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         adv_folder=adv_folder, save_dtype=args.save_dtype, save_figures=args.save_figures,
         overwrite=args.overwrite, seed=args.seed, verbose=args.verbose, title=title,
         launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
+        path_keys=PATH_FLAGS,
     )
 
 
@@ -377,9 +396,33 @@ def inference_job(args: argparse.Namespace):
         hint = "" if args.no_sub_dir_adv_images else (" (the attack flags name the sub-folder; pass "
                                                      "--no_sub_dir_adv_images to use the folder itself)")
         raise UserError(f"adversarial images folder not found: {folder}{hint}")
+    _check_same_volumes(args, folder)
     stem = os.path.splitext(os.path.basename(args.pretrained_path))[0]
     run_dir = None if args.debugging else os.path.normpath(args.results_dir or os.path.join(folder, "inference", stem))
     return _eval_job(args, run_dir, f"saved {attack.summary()}", adv_folder=folder)
+
+
+def _check_same_volumes(args: argparse.Namespace, folder: str) -> None:
+    """Refuse to compare saved volumes with clean ones loaded under other data flags.
+
+    Raises:
+        UserError: the generation run's ``args.json`` records other values of :data:`VOLUME_FLAGS`.
+    """
+    from utils.io import read_json
+
+    path = os.path.join(folder, "args.json")
+    if not os.path.exists(path):
+        return  # volumes from elsewhere: only their shapes can be checked, case by case
+    try:
+        generated = read_json(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is unreadable ({err}); it records how the saved volumes were made") from None
+    now = to_jsonable(vars(args))
+    differ = [k for k in VOLUME_FLAGS if k in generated and generated[k] != now.get(k)]
+    if differ:
+        shown = " ".join(f"--{k} {generated[k]}" for k in differ)
+        raise UserError(f"the volumes in {folder} were made with other data flags ({', '.join(differ)}); the clean "
+                        f"volumes would be built differently: pass the generation run's values ({shown})")
 
 
 def training_job(args: argparse.Namespace):
@@ -442,8 +485,10 @@ def setup_logging(log_file: str | None = None, verbose: bool = False) -> None:
 
 
 def run_cli(main_fn: Callable, job, prog: str) -> int:
-    """Run a script body, turning ``UserError`` into one line on stderr and exit status 2.
+    """Run a script body; every ordinary fault ends in one line on stderr.
 
+    ``UserError`` (bad input): exit status 2. A stop signal (evaluation jobs): the finished
+    work is kept, status 128 + signal. A file-system error (disk full, no permission): status 1.
     The process group, if the body joined one, is left in every case.
     """
     from utils import distributed as dist_utils
@@ -453,6 +498,15 @@ def run_cli(main_fn: Callable, job, prog: str) -> int:
     except UserError as err:
         sys.stderr.write(f"{prog}: error: {err}\n")
         return EXIT_USER_ERROR
+    except dist_utils.StopRequested as stop:
+        sys.stderr.write(f"{prog}: stopped by {stop}: every finished case is kept; run the same command again "
+                         "to continue\n")
+        return 128 + stop.signum
+    except OSError as err:
+        where = f": {err.filename}" if err.filename else ""
+        sys.stderr.write(f"{prog}: error: {err.strerror or err}{where} (nothing finished was lost; free space or fix "
+                         "the permissions, then run the same command again)\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130

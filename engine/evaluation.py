@@ -56,6 +56,7 @@ class EvalJob:
         launch: how processes start.
         record: the resolved arguments, written to ``args.json`` and ``results.json``.
         runtime_keys: keys of ``record`` that do not change the numbers (a resume may differ there).
+        path_keys: keys of ``record`` that hold paths (compared canonically on a resume).
     """
 
     model: ModelSettings
@@ -76,6 +77,7 @@ class EvalJob:
     launch: LaunchSettings = field(default_factory=LaunchSettings)
     record: Mapping = field(default_factory=dict)
     runtime_keys: frozenset = frozenset()
+    path_keys: frozenset = frozenset()
 
     @property
     def tag(self) -> str:
@@ -117,11 +119,24 @@ class CaseEvaluator:
     def case_file(self, name: str) -> str | None:
         return None if self.run_dir is None else os.path.join(self.run_dir, "cases", f"{name}.json")
 
-    def finished(self, name: str) -> dict | None:
+    def finished(self, item: dict) -> dict | None:
+        """The finished case's metrics, or ``None`` to (re)do it: never finished, an unreadable
+        marker, or a marker whose saved volume is gone (both redone with a warning)."""
+        name = case_name(item)
         path = self.case_file(name)
-        if path and os.path.exists(path):
-            return read_json(path)
-        return None
+        if not path or not os.path.exists(path):
+            return None
+        try:
+            case = read_json(path)
+        except (OSError, ValueError) as err:
+            logger.warning("%s: finished-case record %s is unreadable (%s); the case is done again", name, path, err)
+            return None
+        if self.save_volumes:
+            adv = os.path.join(self.run_dir, f"images{self.job.tag}Adv", f"adv_{name}")
+            if not os.path.exists(adv):
+                logger.warning("%s: marked finished but %s is gone; the case is done again", name, adv)
+                return None
+        return case
 
     def run(self, items: list[dict], make_adv: MakeAdv) -> dict[str, dict]:
         """Evaluate ``items`` (datalist entries); returns ``{case name: metrics}`` for this process."""
@@ -131,7 +146,7 @@ class CaseEvaluator:
         for index, item in enumerate(items):
             if index % world != rank:  # cases sharded across processes
                 continue
-            done = self.finished(case_name(item))
+            done = self.finished(item)
             if done is not None:
                 results[case_name(item)] = done
             else:
@@ -144,7 +159,7 @@ class CaseEvaluator:
         dataset = build_dataset(self.job.data, self.job.split, "eval", items=[item for _, item in todo])
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=1, shuffle=False, num_workers=min(self.job.data.workers, len(todo)),
-            collate_fn=lambda batch: batch[0],
+            collate_fn=lambda batch: batch[0], worker_init_fn=dist_utils.ignore_stop_signals,
         )
         bar = tqdm(zip(todo, loader), total=len(todo), desc="cases", unit="case",
                    disable=not dist_utils.is_main_process())
@@ -215,6 +230,14 @@ def finish_run(job: EvalJob, results: dict[str, dict], evaluator: CaseEvaluator,
     per_case = dist_utils.gather_cases(results)
     if not dist_utils.is_main_process():
         return {}
+    if job.run_dir is not None and job.max_cases is not None:
+        # a rerun with a smaller --max_cases keeps reporting the cases finished earlier
+        items = job.data.items(job.split)
+        for item in items:
+            if case_name(item) not in per_case:
+                done = evaluator.finished(item)
+                if done is not None:
+                    per_case[case_name(item)] = done
     order = [case_name(item) for item in items if case_name(item) in per_case]
     per_case = {name: per_case[name] for name in order}
     overall = summarise(per_case, evaluator.class_names) if per_case else {"n_cases": 0}
@@ -253,7 +276,7 @@ def _start(job: EvalJob) -> None:
     log_file = os.path.join(job.run_dir, "log.out") if job.run_dir and dist_utils.is_main_process() else None
     setup_logging(log_file, job.verbose)
     if job.run_dir is not None:
-        prepare_run_dir(job.run_dir, job.record, job.runtime_keys, job.overwrite)
+        prepare_run_dir(job.run_dir, job.record, job.runtime_keys, job.overwrite, job.path_keys)
 
 
 def run_generation(job: EvalJob) -> dict:
@@ -267,6 +290,11 @@ def run_generation(job: EvalJob) -> dict:
 
 
 def _run_generation(job: EvalJob, device: torch.device) -> dict:
+    with dist_utils.raise_on_stop_signals():
+        return _generate(job, device)
+
+
+def _generate(job: EvalJob, device: torch.device) -> dict:
     started = time.perf_counter()
     items = job.items()
     _start(job)
@@ -305,6 +333,11 @@ def run_inference(job: EvalJob) -> dict:
 
 
 def _run_inference(job: EvalJob, device: torch.device) -> dict:
+    with dist_utils.raise_on_stop_signals():
+        return _infer(job, device)
+
+
+def _infer(job: EvalJob, device: torch.device) -> dict:
     started = time.perf_counter()
     items = job.items()
     _start(job)

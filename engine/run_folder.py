@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
-from typing import Mapping
+from typing import Any, Mapping
 
 from utils import distributed as dist_utils
 from utils.errors import UserError
@@ -13,32 +14,78 @@ from utils.io import read_json, remove_stale_temporaries, write_json
 RUN_FILES = ("results.json", "per_case.csv", "args.json", "log.out")
 RUN_FOLDERS = ("cases", "figures", "imagesTsClean", "labelsTsClean", "imagesTsAdv",
                "imagesTrClean", "labelsTrClean", "imagesTrAdv")
+LOCK_FILE = ".lock"
+
+_locks: dict[str, int] = {}  # run folder -> open lock file descriptor, held until the process ends
 
 
-def changed_settings(previous: Mapping, now: Mapping, runtime_keys) -> list[str]:
-    """Keys (outside ``runtime_keys``) whose recorded values differ between two runs."""
-    return sorted(k for k in set(previous) | set(now) if k not in runtime_keys and previous.get(k) != now.get(k))
+def _canonical(value: Any) -> Any:
+    return os.path.realpath(os.path.expanduser(value)) if isinstance(value, str) and value else value
 
 
-def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool) -> None:
+def changed_settings(previous: Mapping, now: Mapping, runtime_keys, path_keys=frozenset()) -> list[str]:
+    """Keys (outside ``runtime_keys``) whose recorded values differ between two runs; values
+    under ``path_keys`` are compared as canonical paths (a trailing slash or a relative path
+    to the same place is no difference)."""
+    def value(record: Mapping, key: str) -> Any:
+        return _canonical(record.get(key)) if key in path_keys else record.get(key)
+
+    return sorted(k for k in set(previous) | set(now) if k not in runtime_keys and value(previous, k) != value(now, k))
+
+
+def lock_run_dir(run_dir: str) -> None:
+    """Hold an exclusive lock on ``run_dir`` until this process ends.
+
+    Raises:
+        UserError: another process holds it (two runs writing one folder would both do all
+            the work and interleave their files).
+    """
+    import fcntl
+
+    key = os.path.realpath(run_dir)
+    if key in _locks:
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    fd = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UserError(f"another run is writing to {run_dir} right now; wait for it to finish (its cases are then "
+                        "skipped here) or choose another output folder") from None
+    _locks[key] = fd
+    atexit.register(_release, key)
+
+
+def _release(key: str) -> None:
+    fd = _locks.pop(key, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool, path_keys=frozenset()) -> None:
     """Create or reuse a run folder: never silently mix two different runs.
 
-    An existing folder whose ``args.json`` records other numbers-changing settings is an
-    error unless ``overwrite``; with ``overwrite`` only the files this tool writes are
-    removed. Anything else in the folder is left alone. Temporary files of a killed
-    write are removed, then ``args.json`` is written with ``record`` (the run's resolved
-    arguments).
+    The folder is locked for this process (rank 0 of a sharded run). An existing folder
+    whose ``args.json`` records other numbers-changing settings is an error unless
+    ``overwrite``; with ``overwrite`` only the files this tool writes are removed. Anything
+    else in the folder is left alone. Temporary files of a killed write are removed, then
+    ``args.json`` is written with ``record`` (the run's resolved arguments).
 
     Args:
         run_dir: the run folder.
         record: the run's arguments as recorded in ``args.json``.
         runtime_keys: keys of ``record`` that do not change a run's numbers.
         overwrite: start the folder afresh.
+        path_keys: keys of ``record`` holding paths (compared canonically).
 
     Raises:
-        UserError: the folder holds a run with other settings and ``overwrite`` is off.
+        UserError: the folder is in use, holds an unreadable ``args.json``, or holds a run
+            with other settings and ``overwrite`` is off.
     """
     args_file = os.path.join(run_dir, "args.json")
+    if dist_utils.is_main_process():
+        lock_run_dir(run_dir)
     if os.path.isdir(run_dir) and overwrite:
         if dist_utils.is_main_process():
             for name in RUN_FOLDERS:
@@ -48,13 +95,17 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
                     os.remove(os.path.join(run_dir, name))
         dist_utils.barrier()
     elif os.path.exists(args_file):
-        previous = read_json(args_file)
-        changed = changed_settings(previous, record, runtime_keys)
+        try:
+            previous = read_json(args_file)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{args_file} is unreadable ({err}); it records which settings the finished cases in "
+                            "that folder used: restore it, or choose another output folder") from None
+        changed = changed_settings(previous, record, runtime_keys, path_keys)
         if changed:
             details = ", ".join(f"{k}: {previous.get(k)!r} -> {record.get(k)!r}" for k in changed[:5])
             raise UserError(
-                f"run folder {run_dir} holds a run with other settings ({details}); "
-                "pass --overwrite to replace it or choose another output folder"
+                f"run folder {run_dir} holds a run with other settings ({details}); choose another output folder "
+                "to keep it (or, to discard its finished cases, pass --overwrite)"
             )
     if dist_utils.is_main_process():
         for folder in ("", *RUN_FOLDERS):  # what a killed write left behind

@@ -17,7 +17,7 @@ from data.sampling import EpochSampler, EpochSeededDataset
 from engine.losses import build_dice_ce
 from engine.optim import SCHEDULES, OptimSettings, build_optimizer, build_scheduler
 from networks import ModelSettings, WindowSettings, load_model_weights
-from trainer import BEST, LATEST, TRAINERS, Trainer, TrainerConfig, TrainingResult
+from trainer import BEST, LATEST, METRICS_FILE, TRAINERS, Trainer, TrainerConfig, TrainingResult
 from utils import distributed as dist_utils
 from utils.distributed import LaunchSettings
 from utils.errors import UserError
@@ -126,20 +126,22 @@ def build_train_loader(job: TrainingJob, rank: int = 0, world: int = 1):
     sampler = EpochSampler(len(dataset), seed=job.seed, shuffle=True, rank=rank, world=world)
     workers = job.data.workers
     return DataLoader(EpochSeededDataset(dataset), batch_size=job.batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+                      worker_init_fn=dist_utils.ignore_stop_signals)
 
 
 def build_val_loader(job: TrainingJob, rank: int = 0, world: int = 1):
     """Validation loader over this rank's share of the cases (indices ``rank, rank + world, ...``).
 
-    Every validation file is checked before training starts, not at the first validation.
+    Every validation file is read whole before training starts, so a corrupt one is found
+    now, not at the first validation (epoch 99 by default).
 
     Returns:
         ``(loader, indices)``: whole volumes one at a time, and their positions in the split.
     """
     items = job.data.items("validation")
     for item in items:
-        check_files(item)
+        check_files(item, read_data=True)
     indices = list(range(rank, len(items), world))
     return build_loader(job.data, "validation", "eval", sampler=indices, shuffle=False), indices
 
@@ -152,7 +154,7 @@ def check_folders(job: TrainingJob) -> None:
                         "that run, with the same attack flags (they name its sub-folder) or --no_sub_dir_model")
     fresh = job.resume_from is None or job.restart
     if fresh and job.run_dir is not None:
-        found = [name for name in (LATEST, BEST) if os.path.exists(os.path.join(job.run_dir, name))]
+        found = [name for name in (LATEST, BEST, METRICS_FILE) if os.path.exists(os.path.join(job.run_dir, name))]
         if found:
             raise UserError(f"{job.run_dir} already holds {' and '.join(found)} of another run; continue it with "
                             f"--resume --resume_latest --checkpoint_dir {os.path.normpath(job.new_run_parent)}, "

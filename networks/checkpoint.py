@@ -243,8 +243,8 @@ def load_model_weights(model: nn.Module, path_or_ckpt: str | os.PathLike | Mappi
         (legacy mapping), ``epoch`` and ``best_acc`` (plain numbers, ``None`` if absent).
 
     Raises:
-        UserError: unreadable checkpoint, or missing / unexpected keys or shape mismatches
-            (the message names them and the model flags to check).
+        UserError: unreadable checkpoint, missing / unexpected keys or shape mismatches
+            (the message names them and the model flags to check), or NaN/Inf weights.
     """
     if isinstance(path_or_ckpt, Mapping):
         source, ckpt = "<in-memory>", path_or_ckpt
@@ -271,6 +271,10 @@ def load_model_weights(model: nn.Module, path_or_ckpt: str | os.PathLike | Mappi
             problems.append(f"{len(mismatched)} shape mismatches {_shown(mismatched)}")
         raise UserError(f"checkpoint {source} does not fit the model: {'; '.join(problems)}; {_MODEL_FLAGS_HINT}")
 
+    bad = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"checkpoint {source} holds non-finite weights (NaN or Inf) in {len(bad)} tensors "
+                        f"{_shown(bad)}; the training that wrote it diverged: use an earlier checkpoint")
     model.load_state_dict(state_dict, strict=True)
     logger.info("loaded %d weight tensors from %s", len(state_dict), source)
     return {

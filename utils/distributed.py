@@ -331,6 +331,53 @@ def _script_worker(fn, prog: str, job) -> None:
         sys.exit(EXIT_USER_ERROR)
 
 
+STOP_SIGNALS = tuple(s for s in ("SIGTERM", "SIGUSR1") if hasattr(__import__("signal"), s))
+"""What SLURM preemption, ``scancel`` and ``timeout`` send (to the whole process group)."""
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:  # noqa: ARG001 - DataLoader worker_init_fn API
+    """A data-loading worker's ``worker_init_fn``: leave SIGTERM/SIGUSR1 to the main process,
+    which stops at a safe point and ends the workers itself (a worker killed by the signal
+    would otherwise crash the main process with "DataLoader worker is killed")."""
+    import signal
+
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGUSR1 arrived while :func:`raise_on_stop_signals` was active."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def raise_on_stop_signals():
+    """Within the block, SIGTERM/SIGUSR1 raise :class:`StopRequested` in the main thread
+    (the evaluation jobs stop there: every file is written atomically and a case is marked
+    finished last, so any point is safe). Outside the main thread: no change."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):  # noqa: ARG001 - signal API
+        raise StopRequested(signum)
+
+    previous = {name: signal.signal(getattr(signal, name), stop) for name in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
 def _forward_signal(signum, frame) -> None:  # noqa: ARG001 - signal API
     import multiprocessing
 
