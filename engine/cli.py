@@ -496,7 +496,7 @@ def run_cli(main_fn: Callable, job, prog: str) -> int:
     try:
         main_fn(job)
     except UserError as err:
-        sys.stderr.write(f"{prog}: error: {err}\n")
+        sys.stderr.write(f"{prog}: error: {_one_line(err)}\n")
         return EXIT_USER_ERROR
     except dist_utils.StopRequested as stop:
         sys.stderr.write(f"{prog}: stopped by {stop}: every finished case is kept; run the same command again "
@@ -515,11 +515,15 @@ def run_cli(main_fn: Callable, job, prog: str) -> int:
     return 0
 
 
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
 def run_script(job_from_args: Callable, main_fn: Callable, args: argparse.Namespace, prog: str) -> int:
     """Convert the parsed flags to the job (a ``UserError`` there is one line too) and run it."""
     try:
         job = job_from_args(args)
     except UserError as err:
-        sys.stderr.write(f"{prog}: error: {err}\n")
+        sys.stderr.write(f"{prog}: error: {_one_line(err)}\n")
         return EXIT_USER_ERROR
     return run_cli(main_fn, job, prog)

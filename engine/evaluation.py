@@ -8,6 +8,7 @@ record the case as finished so that a rerun skips it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from attacks import AttackSettings
 from data.loading import DataSettings, build_dataset, check_case, check_files, class_names, plain_tensor
 from engine.losses import build_dice_ce
 from engine.reports import case_rows, format_summary, report_case, summarise
-from engine.run_folder import prepare_run_dir
+from engine.run_folder import prepare_run_dir, run_lock
 from networks import ModelSettings, WindowSettings, load_model_weights, predict_volume
 from utils import distributed as dist_utils
 from utils.distributed import LaunchSettings
@@ -150,7 +151,7 @@ class CaseEvaluator:
             if done is not None:
                 results[case_name(item)] = done
             else:
-                check_files(item)
+                check_files(item, read_data=True)  # a truncated file is one line now, not a loader traceback
                 todo.append((index, item))
         if results:
             logger.info("resuming: %d finished case(s) skipped, %d to do", len(results), len(todo))
@@ -269,13 +270,14 @@ def load_trained_model(settings: ModelSettings, checkpoint: str, device: torch.d
     return model.to(device).eval()
 
 
-def _start(job: EvalJob) -> None:
-    """Logging and the run folder, once this process is in its group."""
+def _start(job: EvalJob, held: contextlib.ExitStack) -> None:
+    """Logging and the run folder (locked until ``held`` closes), once this process is in its group."""
     from engine.cli import setup_logging
 
     log_file = os.path.join(job.run_dir, "log.out") if job.run_dir and dist_utils.is_main_process() else None
     setup_logging(log_file, job.verbose)
     if job.run_dir is not None:
+        held.enter_context(run_lock(job.run_dir))
         prepare_run_dir(job.run_dir, job.record, job.runtime_keys, job.overwrite, job.path_keys)
 
 
@@ -290,14 +292,14 @@ def run_generation(job: EvalJob) -> dict:
 
 
 def _run_generation(job: EvalJob, device: torch.device) -> dict:
-    with dist_utils.raise_on_stop_signals():
-        return _generate(job, device)
+    with dist_utils.raise_on_stop_signals(), contextlib.ExitStack() as held:
+        return _generate(job, device, held)
 
 
-def _generate(job: EvalJob, device: torch.device) -> dict:
+def _generate(job: EvalJob, device: torch.device, held: contextlib.ExitStack) -> dict:
     started = time.perf_counter()
     items = job.items()
-    _start(job)
+    _start(job, held)
     logger.info("generating adversarial %s cases under %s", job.split, job.attack.summary())
     model = load_trained_model(job.model, job.checkpoint, device)
     attack = job.attack.build(model, build_dice_ce())
@@ -333,14 +335,14 @@ def run_inference(job: EvalJob) -> dict:
 
 
 def _run_inference(job: EvalJob, device: torch.device) -> dict:
-    with dist_utils.raise_on_stop_signals():
-        return _infer(job, device)
+    with dist_utils.raise_on_stop_signals(), contextlib.ExitStack() as held:
+        return _infer(job, device, held)
 
 
-def _infer(job: EvalJob, device: torch.device) -> dict:
+def _infer(job: EvalJob, device: torch.device, held: contextlib.ExitStack) -> dict:
     started = time.perf_counter()
     items = job.items()
-    _start(job)
+    _start(job, held)
     logger.info("evaluating %s on saved adversarial volumes in %s", job.checkpoint, job.adv_folder)
     model = load_trained_model(job.model, job.checkpoint, device)
 

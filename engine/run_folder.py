@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import os
 import shutil
 from typing import Any, Mapping
@@ -15,8 +15,6 @@ RUN_FILES = ("results.json", "per_case.csv", "args.json", "log.out")
 RUN_FOLDERS = ("cases", "figures", "imagesTsClean", "labelsTsClean", "imagesTsAdv",
                "imagesTrClean", "labelsTrClean", "imagesTrAdv")
 LOCK_FILE = ".lock"
-
-_locks: dict[str, int] = {}  # run folder -> open lock file descriptor, held until the process ends
 
 
 def _canonical(value: Any) -> Any:
@@ -33,8 +31,9 @@ def changed_settings(previous: Mapping, now: Mapping, runtime_keys, path_keys=fr
     return sorted(k for k in set(previous) | set(now) if k not in runtime_keys and value(previous, k) != value(now, k))
 
 
-def lock_run_dir(run_dir: str) -> None:
-    """Hold an exclusive lock on ``run_dir`` until this process ends.
+@contextlib.contextmanager
+def run_lock(run_dir: str | None):
+    """Hold an exclusive lock on ``run_dir`` for the block (rank 0 of a sharded run; no-op for ``None``).
 
     Raises:
         UserError: another process holds it (two runs writing one folder would both do all
@@ -42,31 +41,26 @@ def lock_run_dir(run_dir: str) -> None:
     """
     import fcntl
 
-    key = os.path.realpath(run_dir)
-    if key in _locks:
+    if run_dir is None or not dist_utils.is_main_process():
+        yield
         return
     os.makedirs(run_dir, exist_ok=True)
     fd = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise UserError(f"another run is writing to {run_dir} right now; wait for it to finish (its cases are then "
-                        "skipped here) or choose another output folder") from None
-    _locks[key] = fd
-    atexit.register(_release, key)
-
-
-def _release(key: str) -> None:
-    fd = _locks.pop(key, None)
-    if fd is not None:
-        os.close(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"another run is writing to {run_dir} right now; wait for it to finish (its cases are "
+                            "then skipped here) or choose another output folder") from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool, path_keys=frozenset()) -> None:
     """Create or reuse a run folder: never silently mix two different runs.
 
-    The folder is locked for this process (rank 0 of a sharded run). An existing folder
+    Call it under :func:`run_lock`. An existing folder
     whose ``args.json`` records other numbers-changing settings is an error unless
     ``overwrite``; with ``overwrite`` only the files this tool writes are removed. Anything
     else in the folder is left alone. Temporary files of a killed write are removed, then
@@ -80,12 +74,10 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
         path_keys: keys of ``record`` holding paths (compared canonically).
 
     Raises:
-        UserError: the folder is in use, holds an unreadable ``args.json``, or holds a run
+        UserError: the folder holds an unreadable ``args.json``, or holds a run
             with other settings and ``overwrite`` is off.
     """
     args_file = os.path.join(run_dir, "args.json")
-    if dist_utils.is_main_process():
-        lock_run_dir(run_dir)
     if os.path.isdir(run_dir) and overwrite:
         if dist_utils.is_main_process():
             for name in RUN_FOLDERS:
