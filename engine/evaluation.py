@@ -165,6 +165,7 @@ class CaseEvaluator:
         bar = tqdm(zip(todo, loader), total=len(todo), desc="cases", unit="case",
                    disable=not dist_utils.is_main_process())
         for (index, item), data in bar:
+            dist_utils.check_stop()  # a safe point: the previous case is complete on disk
             name = case_name(item)
             bar.set_postfix_str(name)
             started = time.perf_counter()
@@ -292,7 +293,7 @@ def run_generation(job: EvalJob) -> dict:
 
 
 def _run_generation(job: EvalJob, device: torch.device) -> dict:
-    with dist_utils.raise_on_stop_signals(), contextlib.ExitStack() as held:
+    with dist_utils.stop_on_signals(), contextlib.ExitStack() as held:
         return _generate(job, device, held)
 
 
@@ -313,6 +314,7 @@ def _generate(job: EvalJob, device: torch.device, held: contextlib.ExitStack) ->
         sums: dict = {}
 
         def attack_and_measure(tiles, tile_labels):  # adds up what each tile batch's call reports
+            dist_utils.check_stop()  # a safe point: nothing of this case is on disk yet
             adv_tiles = attack(tiles, tile_labels)
             for key, value in (attack.call_parts() or {}).items():
                 sums[key] = sums.get(key, 0.0) + float(value)
@@ -335,7 +337,7 @@ def run_inference(job: EvalJob) -> dict:
 
 
 def _run_inference(job: EvalJob, device: torch.device) -> dict:
-    with dist_utils.raise_on_stop_signals(), contextlib.ExitStack() as held:
+    with dist_utils.stop_on_signals(), contextlib.ExitStack() as held:
         return _infer(job, device, held)
 
 

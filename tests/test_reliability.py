@@ -332,7 +332,11 @@ def test_signals_to_the_group_stop_generation_cleanly(signum, tiny_dataset, chec
                       "--eps", "8", "--workers", "2", "--device", "cpu")
     argv[argv.index("--max_cases") + 1] = "2"
     proc = _start(argv, "generate_adv_samples.py")
-    time.sleep(8)
+    run_dir = tmp_path / "out" / "pgd_alpha_0.01_eps_8.0_i_30"
+    deadline = time.time() + 180
+    while not (run_dir / "args.json").exists() and time.time() < deadline:  # the run has started
+        time.sleep(0.5)
+    time.sleep(2)
     os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=120)
     lines = [line for line in err.splitlines() if "error" in line or "stopped" in line]

@@ -346,7 +346,7 @@ def ignore_stop_signals(worker_id: int = 0) -> None:  # noqa: ARG001 - DataLoade
 
 
 class StopRequested(Exception):
-    """SIGTERM or SIGUSR1 arrived while :func:`raise_on_stop_signals` was active."""
+    """SIGTERM or SIGUSR1 arrived while :func:`stop_on_signals` was active."""
 
     def __init__(self, signum: int):
         import signal
@@ -355,11 +355,16 @@ class StopRequested(Exception):
         self.signum = signum
 
 
+_stop_signal: list = []  # the stop signal received while stop_on_signals() is active
+
+
 @contextlib.contextmanager
-def raise_on_stop_signals():
-    """Within the block, SIGTERM/SIGUSR1 raise :class:`StopRequested` in the main thread
-    (the evaluation jobs stop there: every file is written atomically and a case is marked
-    finished last, so any point is safe). Outside the main thread: no change."""
+def stop_on_signals():
+    """Within the block, SIGTERM/SIGUSR1 are recorded and :func:`check_stop` raises
+    :class:`StopRequested` at the next safe point (the evaluation jobs check between tile
+    batches and cases: every file is written atomically and a case is marked finished
+    last). Raising from the handler itself could land anywhere, even inside logging's
+    locks. Outside the main thread: no change."""
     import signal
     import threading
 
@@ -367,15 +372,23 @@ def raise_on_stop_signals():
         yield
         return
 
-    def stop(signum, frame):  # noqa: ARG001 - signal API
-        raise StopRequested(signum)
+    def record(signum, frame):  # noqa: ARG001 - signal API
+        _stop_signal.append(signum)
 
-    previous = {name: signal.signal(getattr(signal, name), stop) for name in STOP_SIGNALS}
+    _stop_signal.clear()
+    previous = {name: signal.signal(getattr(signal, name), record) for name in STOP_SIGNALS}
     try:
         yield
     finally:
         for name, handler in previous.items():
             signal.signal(getattr(signal, name), handler)
+        _stop_signal.clear()
+
+
+def check_stop() -> None:
+    """Raise :class:`StopRequested` if a stop signal arrived under :func:`stop_on_signals`."""
+    if _stop_signal:
+        raise StopRequested(_stop_signal[0])
 
 
 def _forward_signal(signum, frame) -> None:  # noqa: ARG001 - signal API
