@@ -360,3 +360,61 @@ def test_signals_to_the_group_stop_training_with_workers(signum, tiny_dataset, t
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "DataLoader worker" not in err
+
+
+# --------------------------------------------------------------------------- kill -9 and resume
+
+
+def _wait_for(path, proc, timeout=300):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None and time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_kill_9_during_generation_then_resume_equals_an_unbroken_run(tiny_dataset, checkpoint, tmp_path):
+    def argv(out):
+        flags = eval_flags(tiny_dataset, checkpoint, out, "--attack_name", "pgd", "--steps", "3", "--eps", "8",
+                           "--save_dtype", "float32", "--device", "cpu")
+        flags[flags.index("--max_cases") + 1] = "2"
+        return flags
+
+    sub = "pgd_alpha_0.01_eps_8.0_i_3"
+    unbroken = _start(argv(tmp_path / "a"), "generate_adv_samples.py")
+    assert unbroken.wait(timeout=600) == 0
+    for kill_after in ("args.json", "cases/img0004.nii.gz.json"):  # mid first case, then mid second case
+        proc = _start(argv(tmp_path / "b"), "generate_adv_samples.py")
+        _wait_for(tmp_path / "b" / sub / kill_after, proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    resumed = _start(argv(tmp_path / "b"), "generate_adv_samples.py")
+    assert resumed.wait(timeout=600) == 0
+    a, b = snapshot(tmp_path / "a" / sub), snapshot(tmp_path / "b" / sub)
+    volumes = [k for k in a if k.startswith(("images", "labels", "cases"))]
+    assert volumes and all(a[k] == b[k] for k in volumes)
+    assert json.loads(a["results.json"])["overall"] == json.loads(b["results.json"])["overall"]
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_then_resume_equals_an_unbroken_run(tiny_dataset, tmp_path):
+    def argv(out, *extra):
+        return ["--data_dir", tiny_dataset.data_dir, "--json_list", tiny_dataset.json_name, "--workers", "0",
+                "--device", "cpu", "--feature_size", "8", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads",
+                "4", "--roi_x", "32", "--roi_y", "32", "--roi_z", "16", "--max_epochs", "4", "--val_every", "2",
+                "--save_checkpoint", "--save_model_dir", str(out), "--lrschedule", "constant", *extra]
+
+    assert _start(argv(tmp_path / "a"), "run_normal_or_adv_training.py").wait(timeout=600) == 0
+    proc = _start(argv(tmp_path / "b"), "run_normal_or_adv_training.py")
+    _wait_for(tmp_path / "b" / "model_latest.pt", proc)  # epoch 0 written; kill while epoch 1 (or its write) runs
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resume = argv(tmp_path / "b", "--resume", "--resume_latest", "--checkpoint_dir", str(tmp_path / "b"))
+    assert _start(resume, "run_normal_or_adv_training.py").wait(timeout=600) == 0
+    a = torch.load(tmp_path / "a" / "model_latest.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "model_latest.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for key, value in a["model_state_dict"].items():
+        assert torch.equal(value, b["model_state_dict"][key]), key
+    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".tmp_")]
