@@ -14,6 +14,7 @@ import trainer as tr
 from data import sampling
 from engine import cli, optim, training
 from utils import seeding
+from utils.errors import UserError
 from networks import build_model
 from networks.checkpoint import read_checkpoint, save_checkpoint
 from run_normal_or_adv_training import parse_args
@@ -287,6 +288,10 @@ def test_checkpoint_loads_with_weights_only_and_restores_the_state(tmp_path):
     restarted = make_trainer(args, tiny_model(seed=1), torch.device("cpu"))
     restarted.restore(path, restart=True)
     assert restarted.start_epoch == 0 and restarted.best_acc == 0.0
+    # another optimiser cannot continue this state (it would fail later with KeyError 'momentum')
+    sgd = make_trainer(make_args("--optim_name", "sgd"), tiny_model(seed=1), torch.device("cpu"))
+    with pytest.raises(UserError, match="written by another optimiser than --optim_name sgd"):
+        sgd.restore(path)
 
 
 def test_metrics_rows_from_the_resumed_epoch_on_are_dropped(tmp_path):
