@@ -292,42 +292,6 @@ def run_generation(job: EvalJob) -> dict:
     return dist_utils.launch(_run_generation, job, job.launch, "generate_adv_samples.py") or {}
 
 
-def _run_generation(job: EvalJob, device: torch.device) -> dict:
-    with dist_utils.stop_on_signals(), contextlib.ExitStack() as held:
-        return _generate(job, device, held)
-
-
-def _generate(job: EvalJob, device: torch.device, held: contextlib.ExitStack) -> dict:
-    started = time.perf_counter()
-    items = job.items()
-    _start(job, held)
-    logger.info("generating adversarial %s cases under %s", job.split, job.attack.summary())
-    model = load_trained_model(job.model, job.checkpoint, device)
-    attack = job.attack.build(model, build_dice_ce())
-    roi = job.model.roi
-
-    def make_adv(item, image, label, index):
-        seed_everything(job.seed + index)  # per case: sharded runs equal one-process runs
-        note = attack.describe_input(image)
-        if note:
-            logger.info("%s: %s", case_name(item), note)
-        sums: dict = {}
-
-        def attack_and_measure(tiles, tile_labels):  # adds up what each tile batch's call reports
-            dist_utils.check_stop()  # a safe point: nothing of this case is on disk yet
-            adv_tiles = attack(tiles, tile_labels)
-            for key, value in (attack.call_parts() or {}).items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            return adv_tiles
-
-        adv = job.attack.attack_volume(attack_and_measure, image, label, roi, progress=dist_utils.is_main_process())
-        return adv, attack.case_metrics(sums)
-
-    evaluator = CaseEvaluator(job, model, device, save_volumes=True)
-    results = evaluator.run(items, make_adv)
-    return finish_run(job, results, evaluator, items, time.perf_counter() - started)
-
-
 def run_inference(job: EvalJob) -> dict:
     """Evaluate a model on clean volumes vs adversarial volumes saved by a generation run.
 
@@ -336,17 +300,54 @@ def run_inference(job: EvalJob) -> dict:
     return dist_utils.launch(_run_inference, job, job.launch, "inference_on_saved_adv_samples.py") or {}
 
 
-def _run_inference(job: EvalJob, device: torch.device) -> dict:
+def _run_job(job: EvalJob, device: torch.device, prepare: Callable[[nn.Module], MakeAdv], save_volumes: bool) -> dict:
+    """What both jobs share: stops at safe points, the locked run folder, the model, the case
+    loop and the report; ``prepare(model)`` gives the job's way to get adversarial volumes."""
     with dist_utils.stop_on_signals(), contextlib.ExitStack() as held:
-        return _infer(job, device, held)
+        started = time.perf_counter()
+        items = job.items()
+        _start(job, held)
+        model = load_trained_model(job.model, job.checkpoint, device)
+        evaluator = CaseEvaluator(job, model, device, save_volumes=save_volumes)
+        results = evaluator.run(items, prepare(model))
+        return finish_run(job, results, evaluator, items, time.perf_counter() - started)
 
 
-def _infer(job: EvalJob, device: torch.device, held: contextlib.ExitStack) -> dict:
-    started = time.perf_counter()
-    items = job.items()
-    _start(job, held)
-    logger.info("evaluating %s on saved adversarial volumes in %s", job.checkpoint, job.adv_folder)
-    model = load_trained_model(job.model, job.checkpoint, device)
+def _run_generation(job: EvalJob, device: torch.device) -> dict:
+    def prepare(model: nn.Module) -> MakeAdv:
+        logger.info("generating adversarial %s cases under %s", job.split, job.attack.summary())
+        attack = job.attack.build(model, build_dice_ce())
+
+        def make_adv(item, image, label, index):
+            seed_everything(job.seed + index)  # per case: sharded runs equal one-process runs
+            note = attack.describe_input(image)
+            if note:
+                logger.info("%s: %s", case_name(item), note)
+            sums: dict = {}
+
+            def attack_and_measure(tiles, tile_labels):  # adds up what each tile batch's call reports
+                dist_utils.check_stop()  # a safe point: nothing of this case is on disk yet
+                adv_tiles = attack(tiles, tile_labels)
+                for key, value in (attack.call_parts() or {}).items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                return adv_tiles
+
+            adv = job.attack.attack_volume(attack_and_measure, image, label, job.model.roi,
+                                           progress=dist_utils.is_main_process())
+            if not bool(adv.isfinite().all()):
+                raise UserError(f"case {case_name(item)}: {job.attack.name} produced NaN or Inf voxels; check the "
+                                "attack's settings (nothing is reported from it)")
+            return adv, attack.case_metrics(sums)
+
+        return make_adv
+
+    return _run_job(job, device, prepare, save_volumes=True)
+
+
+def _run_inference(job: EvalJob, device: torch.device) -> dict:
+    def prepare(model: nn.Module) -> MakeAdv:
+        logger.info("evaluating %s on saved adversarial volumes in %s", job.checkpoint, job.adv_folder)
+        return load_adv
 
     def load_adv(item, image, label, index):
         path = os.path.join(job.adv_folder, f"images{job.tag}Adv", f"adv_{case_name(item)}")
@@ -358,8 +359,9 @@ def _infer(job: EvalJob, device: torch.device, held: contextlib.ExitStack) -> di
                 f"{path} has shape {tuple(array.shape)} but case {case_name(item)} loads as {tuple(image.shape[2:])}; "
                 "use the same data flags (--space_*, --a_min/--a_max, --dataset) as the generation run"
             )
-        return torch.from_numpy(array_to_volume(array)).to(image)[None, None], {}
+        volume = torch.from_numpy(array_to_volume(array)).to(image)[None, None]
+        if not bool(volume.isfinite().all()):
+            raise UserError(f"{path} holds NaN or Inf voxels; regenerate it (no metric is computed from it)")
+        return volume, {}
 
-    evaluator = CaseEvaluator(job, model, device, save_volumes=False)
-    results = evaluator.run(items, load_adv)
-    return finish_run(job, results, evaluator, items, time.perf_counter() - started)
+    return _run_job(job, device, prepare, save_volumes=False)
