@@ -48,7 +48,7 @@ def _table_rows(markdown: str) -> dict:
     return rows
 
 
-def test_grid_sweep_resumes_after_a_kill_and_tables_equal_results(flags, tmp_path, monkeypatch, capsys):
+def test_grid_sweep_resumes_after_a_kill_and_tables_equal_results(flags, tmp_path, monkeypatch, capsys, one_thread):
     main = _script("sweep").main
     real_run_cell = sweep.run_cell
     calls = []
