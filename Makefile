@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all demo bench clean
+.PHONY: venv test test-all demo paper-demo bench clean
 
 venv: $(STAMP)
 
@@ -26,5 +26,22 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache
 
+DEMO_OUT ?= demo_output
+PAPER_DEMO_OUT ?= paper_demo_output
+PAPER_DEMO_STEPS ?= 3
+PAPER_DEMO_ARGS ?=
+DEMO_FLAGS = --feature_size 8 --hidden_size 96 --mlp_dim 192 --num_heads 4 --roi_x 48 --roi_y 48 --roi_z 32 \
+	--dataset btcv --data_dir $(DEMO_OUT)/data --json_list dataset.json --infer_overlap 0.25 \
+	--pretrained_path $(DEMO_OUT)/model/model_best.pt --device cpu --workers 2
+
 demo: $(STAMP)
-	$(PY) scripts/demo.py --out demo_output
+	$(PY) scripts/demo.py --out $(DEMO_OUT)
+
+# the demo's trained model and data (order-only: a newer venv does not retrain it)
+$(DEMO_OUT)/model/model_best.pt: | $(STAMP)
+	$(PY) scripts/demo.py --out $(DEMO_OUT)
+
+# the paper's Tables 2 and 4 (VAFA vs q_max, vs block size) on the demo data, at reduced steps, on CPU
+paper-demo: $(DEMO_OUT)/model/model_best.pt | $(STAMP)
+	$(PY) scripts/sweep.py --preset table2 --out $(PAPER_DEMO_OUT)/table2 --steps $(PAPER_DEMO_STEPS) $(DEMO_FLAGS) $(PAPER_DEMO_ARGS)
+	$(PY) scripts/sweep.py --preset table4 --out $(PAPER_DEMO_OUT)/table4 --steps $(PAPER_DEMO_STEPS) $(DEMO_FLAGS) $(PAPER_DEMO_ARGS)

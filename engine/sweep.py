@@ -1,0 +1,365 @@
+"""Sweeps: many generation runs from one spec, collected into the paper's tables and plots.
+
+A sweep is a list of :class:`Cell` s (one attack configuration each, and for Table 6 one
+checkpoint). Every cell is a ``generate_adv_samples.py`` run: its command line is built
+from the user's data/model flags, the preset's attack defaults, the user's overrides and
+the cell's swept values (later flags win), parsed and checked by :mod:`engine.cli`, and
+run by :func:`engine.evaluation.run_generation` into ``OUT/runs/<cell>/<attack folder>``.
+A cell whose ``results.json`` was written with the same arguments is reused, so a killed
+sweep resumes where it stopped (and a killed cell resumes at its first unfinished case).
+
+Presets (``PRESETS``) reproduce the layout of the paper's Tables 1-6; a grid
+(``--grid q_max=10,20 --grid steps=10,20``) sweeps the product of any attack flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+from engine import cli, paper_tables
+from utils.errors import UserError
+from utils.io import read_json, to_jsonable
+
+logger = logging.getLogger(__name__)
+
+ATTACK_DEFAULTS = {
+    "pgd": ("--attack_name", "pgd", "--eps", "4"),
+    "fgsm": ("--attack_name", "fgsm", "--eps", "4"),
+    "bim": ("--attack_name", "bim", "--eps", "4"),
+    "gn": ("--attack_name", "gn", "--std", "4"),
+    "vafa-2d": ("--attack_name", "vafa-2d", "--q_max", "20", "--block_size", "8", "8"),
+    "vafa-3d": ("--attack_name", "vafa-3d", "--q_max", "20", "--block_size", "8", "8", "8", "--use_ssim_loss"),
+}
+"""The paper's settings of each attack (voxel attacks at eps/std 4, VAFA at q_max 20 on 8-voxel blocks)."""
+
+RESERVED_FLAGS = ("--save_adv_images_dir", "--no_sub_dir_adv_images", "--debugging", "--adv_images_dir")
+"""Flags the sweep sets itself (each cell's run folder)."""
+
+METRICS = ("dice_clean", "dice_adv", "hd95_clean", "hd95_adv", "success_rate", "ssim", "psnr", "lpips_similarity")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a sweep.
+
+    Args:
+        key: folder name under ``OUT/runs``.
+        label: the cell's name in tables and plots.
+        attack: registry name of the attack.
+        base: attack flags before the user's overrides (the preset's defaults).
+        swept: flags after the user's overrides (the swept values, which win).
+        params: the swept values, for the tables, CSV and plots.
+        model: Table 6: the robust model's name.
+    """
+
+    key: str
+    label: str
+    attack: str
+    base: tuple = ()
+    swept: tuple = ()
+    params: Mapping = field(default_factory=dict)
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A sweep's cells and how its table is laid out.
+
+    Args:
+        name: ``table1`` ... ``table6`` or ``grid``.
+        title: the table's heading.
+        layout: ``attacks`` (a row per attack), ``curve`` (a column per value of ``param``),
+            ``models`` (a row per checkpoint, a column per attack) or ``grid``.
+        cells: the runs.
+        param: the swept flag of a curve (``q_max``, ``steps``, ``block``).
+        paper: the paper's published numbers for this table, or ``None``.
+    """
+
+    name: str
+    title: str
+    layout: str
+    cells: tuple
+    param: Optional[str] = None
+    paper: Optional[Mapping] = None
+
+
+def _attack_cell(label: str, attack: str, *extra: str, key: Optional[str] = None, **params) -> Cell:
+    key = key or _slug(label)
+    return Cell(key=key, label=label, attack=attack, base=ATTACK_DEFAULTS[attack], swept=tuple(extra),
+                params={"attack": attack, **params})
+
+
+def _curve(name: str, title: str, param: str, values: Sequence, flags: Callable, paper: Mapping) -> Preset:
+    cells = tuple(Cell(key=f"vafa-3d_{param}_{v}", label=f"{param}={v}", attack="vafa-3d",
+                       base=ATTACK_DEFAULTS["vafa-3d"], swept=tuple(flags(v)), params={param: v}) for v in values)
+    return Preset(name, title, "curve", cells, param=param, paper=paper)
+
+
+def table1() -> Preset:
+    cells = (_attack_cell("PGD", "pgd"), _attack_cell("FGSM", "fgsm"), _attack_cell("BIM", "bim"),
+             _attack_cell("GN", "gn"), _attack_cell("VAFA-2D", "vafa-2d"), _attack_cell("VAFA", "vafa-3d"))
+    return Preset("table1", "Table 1: attacks side by side (eps/std 4, VAFA q_max 20 on 8x8x8 blocks)", "attacks",
+                  cells, paper=paper_tables.TABLE1)
+
+
+def table2() -> Preset:
+    return _curve("table2", "Table 2: VAFA-3D vs q_max (block 8x8x8)", "q_max", (10, 20, 30, 40, 60, 80),
+                  lambda v: ("--q_max", str(v)), paper_tables.TABLE2)
+
+
+def table3() -> Preset:
+    return _curve("table3", "Table 3: VAFA-3D vs attack steps (q_max 20, block 8x8x8)", "steps", (10, 20, 30, 40, 50, 60),
+                  lambda v: ("--steps", str(v)), paper_tables.TABLE3)
+
+
+def table4() -> Preset:
+    return _curve("table4", "Table 4: VAFA-3D vs block size (q_max 20, cubic blocks)", "block", (4, 8, 16, 32, 48, 96),
+                  lambda v: ("--block_size", str(v), str(v), str(v)), paper_tables.TABLE4)
+
+
+def table5() -> Preset:
+    cells = []
+    for attack, name, flag in (("pgd", "PGD", "eps"), ("fgsm", "FGSM", "eps"), ("bim", "BIM", "eps"), ("gn", "GN", "std")):
+        for value in (4, 8):
+            cells.append(_attack_cell(f"{name} {flag}={value}", attack, f"--{flag}", str(value), **{flag: value}))
+    for q_max in (20, 30):
+        cells.append(_attack_cell(f"VAFA q_max={q_max}", "vafa-3d", "--q_max", str(q_max), "--block_size", "32", "32", "32",
+                                  q_max=q_max, block=32))
+    return Preset("table5", "Table 5: eps 4/8 and q_max 20/30 (VAFA block 32x32x32), with HD95", "attacks", tuple(cells),
+                  paper=paper_tables.TABLE5)
+
+
+TABLE6_ATTACKS = (("PGD", "pgd", ()), ("FGSM", "fgsm", ()), ("BIM", "bim", ()),
+                  ("VAFA", "vafa-3d", ("--block_size", "32", "32", "32")))
+"""Table 6's columns: the attacks each robust model faces (VAFA as in adversarial training: q_max 20, block 32^3)."""
+
+
+def table6(models: Sequence[tuple[str, str]]) -> Preset:
+    if not models:
+        raise UserError("--preset table6 needs --models NAME=CHECKPOINT ... (the robust checkpoints to compare)")
+    cells = []
+    for name, checkpoint in models:
+        for column, attack, extra in TABLE6_ATTACKS:
+            cell = _attack_cell(column, attack, *extra, "--pretrained_path", checkpoint, key=_slug(f"{name}_{column}"))
+            cells.append(Cell(cell.key, column, attack, cell.base, cell.swept, {"model": name, "attack": attack}, model=name))
+    return Preset("table6", "Table 6: Dice of (robust) models under each attack", "models", tuple(cells),
+                  paper=paper_tables.TABLE6)
+
+
+PRESETS: dict[str, Callable] = {"table1": table1, "table2": table2, "table3": table3, "table4": table4,
+                                "table5": table5, "table6": table6}
+
+
+def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``["q_max=10,20", "steps=5"]`` -> ``[("q_max", ["10", "20"]), ("steps", ["5"])]``.
+
+    Raises:
+        UserError: a spec without ``=`` or values, or a key given twice.
+    """
+    axes: list[tuple[str, list[str]]] = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip().lstrip("-")
+        items = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key or not items:
+            raise UserError(f"--grid takes KEY=V1,V2,... (e.g. q_max=10,20,40), got {spec!r}")
+        if key in dict(axes):
+            raise UserError(f"--grid key {key!r} given twice; list all its values in one --grid")
+        axes.append((key, items))
+    return axes
+
+
+def _value_flags(key: str, value: str, attack: str) -> tuple:
+    """Flags of one grid value; ``block_size`` takes ``8`` (a cube, or square for vafa-2d) or ``8x8x4``."""
+    if key in ("block_size", "block"):
+        sides = value.split("x")
+        if len(sides) == 1:
+            sides = sides * (2 if attack == "vafa-2d" else 3)
+        return ("--block_size", *sides)
+    if value.lower() in ("true", "false"):  # a switch: only its presence counts
+        return (f"--{key}",) if value.lower() == "true" else ()
+    return (f"--{key}", value)
+
+
+def grid(specs: Sequence[str], attack: str = "vafa-3d") -> Preset:
+    """The product of the grid's values as cells; key ``attack`` sweeps attacks too."""
+    axes = parse_grid(specs)
+    cells = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        params = dict(zip((key for key, _ in axes), combo))
+        name = params.get("attack", attack)
+        if name not in ATTACK_DEFAULTS:
+            raise UserError(f"--grid attack: unknown attack {name!r}; one of {', '.join(ATTACK_DEFAULTS)}")
+        swept: tuple = ()
+        for key, value in params.items():
+            if key != "attack":
+                swept += _value_flags(key, value, name)
+        label = ", ".join(f"{k}={v}" for k, v in params.items())
+        cells.append(Cell(key=_slug(f"{name}_" + "_".join(f"{k}-{v}" for k, v in params.items() if k != "attack")),
+                          label=label, attack=name, base=ATTACK_DEFAULTS[name], swept=swept,
+                          params={"attack": name, **params}))
+    return Preset("grid", "Grid: " + " × ".join(f"{k} ({', '.join(v)})" for k, v in axes), "grid", tuple(cells),
+                  param=axes[0][0])
+
+
+def build_preset(name: Optional[str], grid_specs: Sequence[str] = (), attack: str = "vafa-3d",
+                 models: Sequence[tuple[str, str]] = ()) -> Preset:
+    """The preset ``name``, or the grid of ``grid_specs``.
+
+    Raises:
+        UserError: neither or both given, an unknown preset, or a malformed grid.
+    """
+    if bool(name) == bool(grid_specs):
+        raise UserError("give exactly one of --preset NAME and --grid KEY=V1,V2,...")
+    if grid_specs:
+        return grid(grid_specs, attack)
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; one of {', '.join(PRESETS)}")
+    return table6(models) if name == "table6" else PRESETS[name]()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("=", "")).strip("_").lower()
+
+
+# --------------------------------------------------------------------------- running cells
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """One sweep: the preset, the flags every cell gets, where it goes, which share this process runs.
+
+    Args:
+        preset: the cells and the table layout.
+        common: data, model and runtime flags of ``generate_adv_samples.py`` (before the cell's).
+        overrides: the user's attack overrides (``--steps 5``), between the preset's defaults and the swept values.
+        out: output folder (``runs/``, ``tables.md``, ``sweep.csv``, ``sweep.json``, plots).
+        shard: ``(index, count)``: this process runs the cells with ``position % count == index``.
+        report_only: run nothing; collect what is finished.
+    """
+
+    preset: Preset
+    common: tuple = ()
+    overrides: tuple = ()
+    out: str = "sweep_output"
+    shard: tuple = (0, 1)
+    report_only: bool = False
+
+
+class _RaisingParser(cli.ArgumentParser):
+    def error(self, message):  # noqa: D102 - argparse API
+        raise ValueError(message)
+
+
+def cell_argv(settings: SweepSettings, cell: Cell) -> list[str]:
+    """The generation command line of ``cell`` (later flags win)."""
+    return [*settings.common, *cell.base, *settings.overrides, *cell.swept,
+            "--save_adv_images_dir", os.path.join(os.path.abspath(settings.out), "runs", cell.key)]
+
+
+def parse_cell(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse and check a generation command line as ``generate_adv_samples.py`` does.
+
+    Raises:
+        ValueError: the message the script would print.
+    """
+    parser = _RaisingParser(prog="generate_adv_samples.py")
+    for add in cli.EVAL_GROUPS:
+        add(parser)
+    args = parser.parse_args(list(argv))
+    for check in (cli.check_model_args, cli.check_eval_args, cli.check_attack_args):
+        check(args, parser)
+    return args
+
+
+def finished_report(run_dir: str, args: argparse.Namespace) -> Optional[dict]:
+    """The run folder's ``results.json`` if it was written with these arguments (runtime flags aside)."""
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.exists(path):
+        return None
+    report = read_json(path)
+    want, got = to_jsonable(vars(args)), report.get("args", {})
+    keys = ((set(want) | set(got)) - cli.RUNTIME_FLAGS) | {"max_cases"}
+    return report if all(want.get(k) == got.get(k) for k in keys) else None
+
+
+def run_cell(args: argparse.Namespace) -> int:
+    """One cell, the way ``generate_adv_samples.main`` runs it; the exit status."""
+    from engine.evaluation import run_generation
+
+    return cli.run_script(cli.generation_job, run_generation, args, "generate_adv_samples.py")
+
+
+def run_sweep(settings: SweepSettings, runner: Optional[Callable] = None) -> list[dict]:
+    """Run (or reuse) every cell of this process's share and return one row per cell.
+
+    Cells whose block does not divide the ROI are skipped with a note; other invalid
+    flags stop the sweep before anything runs.
+
+    Raises:
+        UserError: invalid flags in a cell, or a cell's run failed.
+    """
+    runner = runner or run_cell
+    index, count = settings.shard
+    planned = []
+    for position, cell in enumerate(settings.preset.cells):
+        argv = cell_argv(settings, cell)
+        try:
+            args = parse_cell(argv)
+        except ValueError as err:
+            if "not divisible by block_size" in str(err):
+                planned.append((position, cell, None, f"skipped: {err}"))
+                continue
+            raise UserError(f"cell {cell.label!r}: {err}") from None
+        planned.append((position, cell, args, ""))
+    rows = []
+    for position, cell, args, note in planned:
+        if args is None:
+            rows.append(cell_row(settings.preset, cell, None, None, "skipped", note))
+            continue
+        run_dir = cli.generation_job(args).run_dir
+        report = finished_report(run_dir, args)
+        status = "reused" if report is not None else "pending"
+        if report is None and not settings.report_only and position % count == index:
+            logger.info("sweep cell %d/%d: %s -> %s", position + 1, len(planned), cell.label, run_dir)
+            code = runner(args)
+            cli.setup_logging(None, getattr(args, "verbose", False))  # back to the console only
+            if code:
+                raise UserError(f"cell {cell.label!r} failed with exit status {code}; see {run_dir}/log.out")
+            report = finished_report(run_dir, args)
+            status = "done" if report is not None else "pending"
+        rows.append(cell_row(settings.preset, cell, run_dir, report, status, note))
+    return rows
+
+
+def paper_numbers(preset: Preset, cell: Cell) -> dict:
+    """The paper's published numbers for ``cell`` (empty when the paper has none)."""
+    paper = preset.paper or {}
+    if preset.layout == "curve":
+        return dict(paper.get(cell.params[preset.param], {}))
+    if preset.layout == "models":
+        return {"dice": paper.get(cell.model, {}).get(cell.label)} if cell.model in paper else {}
+    return dict(paper.get(cell.label, {}))
+
+
+def cell_row(preset: Preset, cell: Cell, run_dir: Optional[str], report: Optional[dict], status: str,
+             note: str = "") -> dict:
+    """One row of ``sweep.csv``: the cell, its swept values, its overall metrics and the paper's."""
+    row = {"preset": preset.name, "key": cell.key, "label": cell.label, "attack": cell.attack, "model": cell.model}
+    row.update({f"param_{k}": v for k, v in cell.params.items() if k not in ("attack", "model")})
+    overall = (report or {}).get("overall", {})
+    row["n_cases"] = overall.get("n_cases")
+    for key in METRICS:
+        row[key] = overall.get(key)
+    row["dice_drop"] = (None if row["dice_clean"] is None or row["dice_adv"] is None
+                        else row["dice_clean"] - row["dice_adv"])
+    for key, value in paper_numbers(preset, cell).items():
+        row[f"paper_{key}"] = value
+    row.update(status=status, note=note, run_dir=run_dir)
+    return row
