@@ -88,3 +88,36 @@ def test_roi_that_does_not_fit_the_model_is_a_user_error(name, roi, match):
 
 def test_every_model_has_a_tiny_configuration():
     assert set(TINY_MODELS) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_runs_through_the_generation_script(name, tiny_dataset, tmp_path, capsys):
+    """Whole-volume tiling of the attack and sliding-window inference, from the command line."""
+    import generate_adv_samples as gen
+    from tests.scripts.helpers import data_flags
+
+    args = training_args(name, "--out_channels", "14")  # the dataset's classes
+    torch.manual_seed(0)
+    model = cli.model_settings(args).build()
+    path = str(tmp_path / "model.pt")
+    torch.save({"state_dict": model.state_dict()}, path)
+    argv = (tiny_flags(name) + data_flags(tiny_dataset.data_dir, tiny_dataset.json_name)
+            + ["--pretrained_path", path, "--max_cases", "1", "--infer_overlap", "0", "--attack_name", "pgd",
+               "--steps", "1", "--debugging"])
+    assert gen.main(argv) == 0
+    assert "== PGD" in capsys.readouterr().out
+
+
+def test_an_roi_the_model_refuses_is_one_line_from_the_script(tiny_dataset, tmp_path, capsys):
+    import generate_adv_samples as gen
+    from tests.scripts.helpers import data_flags, run_main
+
+    path = str(tmp_path / "model.pt")
+    torch.save({"state_dict": {}}, path)
+    argv = (tiny_flags("swin-unetr") + data_flags(tiny_dataset.data_dir, tiny_dataset.json_name)
+            + ["--roi_z", "16", "--pretrained_path", path, "--max_cases", "1", "--attack_name", "fgsm", "--debugging"])
+    code, err = run_main(gen.main, argv, capsys)
+    # refused when the model is built, before any case: one error line (after the run's log lines), no traceback
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err and err.count("error:") == 1
+    assert last == "generate_adv_samples.py: error: SwinUNETR needs every ROI side divisible by 32, got roi (64, 32, 16)"
