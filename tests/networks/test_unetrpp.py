@@ -131,3 +131,23 @@ def test_input_affine_maps_onto_the_authors_normalisation():
     x = torch.rand(1, 1, *TINY_ROI)
     with torch.no_grad():
         torch.testing.assert_close(mapped(x), plain(2 * x - 1))
+
+
+def test_vaft_step_with_deep_supervision():
+    """The training script's VAFT trainer on UNETR++ returning three resolutions: Dice-CE weighted over
+    them, the frequency-consistency term on the full-resolution logits, the attack on eval-mode output."""
+    from engine import cli, training
+    from run_normal_or_adv_training import parse_args
+    from tests.networks.test_models import batch_for
+
+    args = parse_args(["--data_dir", "unused", "--debugging", "--device", "cpu", "--out_channels", "3",
+                       "--model_name", "unetr++", "--unetrpp_feature_size", "4", "--unetrpp_num_heads", "2",
+                       "--unetrpp_depths", "1", "1", "1", "1", "--unetrpp_deep_supervision",
+                       "--roi_x", "32", "--roi_y", "32", "--roi_z", "16", "--adv_training_mode", "--freq_reg_mode",
+                       "--attack_name", "pgd", "--steps", "1", "--noamp", "--lrschedule", "constant"])
+    job = cli.training_job(args)
+    torch.manual_seed(0)
+    model = job.model.build()
+    trainer = training.build_trainer(job, model, torch.device("cpu"))
+    terms = trainer.train_step(batch_for(TINY_ROI))
+    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values()) and terms["loss_freq"] > 0
