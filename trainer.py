@@ -52,7 +52,7 @@ import torch.nn as nn
 
 from attacks import Attack, AttackSettings
 from data.loading import check_case, plain_tensor
-from engine.losses import frequency_consistency_loss
+from engine.losses import frequency_consistency_loss, full_resolution
 from networks import WindowSettings, predict_volume, read_checkpoint, load_model_weights, save_checkpoint
 from utils import distributed as dist_utils
 from utils.errors import UserError
@@ -609,7 +609,8 @@ class VAFTTrainer(AdversarialTrainer):
             logits_adv = self.model(adv)
             loss_clean = self.loss_fn(logits_clean, labels)
             loss_adv = self.loss_fn(logits_adv, labels)
-            loss_freq = frequency_consistency_loss(logits_clean, logits_adv, norm=config.freq_reg_norm)
+            loss_freq = frequency_consistency_loss(full_resolution(logits_clean), full_resolution(logits_adv),
+                                                   norm=config.freq_reg_norm)
             loss = loss_clean + loss_adv + config.freq_reg_weight * loss_freq
             return {"loss": loss, "loss_clean": loss_clean, "loss_adv": loss_adv, "loss_freq": loss_freq}
 

@@ -8,7 +8,8 @@ from monai.losses import DiceCELoss
 
 from attacks.frequency import dct
 
-__all__ = ["FREQ_NORMS", "FrequencyConsistencyLoss", "build_dice_ce", "frequency_consistency_loss"]
+__all__ = ["FREQ_NORMS", "DeepSupervisionLoss", "FrequencyConsistencyLoss", "build_dice_ce", "frequency_consistency_loss",
+           "full_resolution"]
 
 
 def build_dice_ce(smooth_nr: float = 0.0, smooth_dr: float = 1e-6) -> DiceCELoss:
@@ -17,6 +18,42 @@ def build_dice_ce(smooth_nr: float = 0.0, smooth_dr: float = 1e-6) -> DiceCELoss
     Takes logits ``[B, N, H, W, D]`` and integer labels ``[B, 1, H, W, D]``.
     """
     return DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
+
+
+def full_resolution(logits: torch.Tensor | list | tuple) -> torch.Tensor:
+    """The full-resolution logits of a model output: the tensor itself, or the first of a
+    deep-supervision list ``[full, coarser, ...]`` (UNETR++ with ``--unetrpp_deep_supervision``)."""
+    return logits[0] if isinstance(logits, (list, tuple)) else logits
+
+
+class DeepSupervisionLoss(nn.Module):
+    """``loss(logits, labels)`` on one output, or a weighted sum over a deep-supervision list.
+
+    For a list ``[full, 1/2, 1/4, ...]`` the weights are ``1, 1/2, 1/4, ...`` normalised to sum 1 and
+    the labels are resampled to each output's size by nearest neighbour (nnU-Net's deep supervision,
+    as UNETR++ trains). A single tensor goes to ``loss`` unchanged, so models without deep supervision
+    train exactly as before.
+
+    Args:
+        loss: ``loss(logits [B, N, H, W, D], labels [B, 1, H, W, D]) -> scalar``.
+    """
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor | list | tuple, labels: torch.Tensor) -> torch.Tensor:
+        if not isinstance(logits, (list, tuple)):
+            return self.loss(logits, labels)
+        weights = [0.5 ** i for i in range(len(logits))]
+        total = sum(weights)
+        loss = 0.0
+        for weight, out in zip(weights, logits):
+            target = labels
+            if tuple(out.shape[2:]) != tuple(labels.shape[2:]):
+                target = nn.functional.interpolate(labels.float(), size=out.shape[2:], mode="nearest")
+            loss = loss + (weight / total) * self.loss(out, target)
+        return loss
 
 
 FREQ_NORMS = ("relative", "l1")

@@ -14,7 +14,7 @@ import torch.nn as nn
 from attacks import AttackSettings
 from data.loading import CROPS_PER_VOLUME, DataSettings, build_dataset, build_loader, check_files
 from data.sampling import EpochSampler, EpochSeededDataset
-from engine.losses import build_dice_ce
+from engine.losses import DeepSupervisionLoss, build_dice_ce
 from engine.optim import SCHEDULES, OptimSettings, build_optimizer, build_scheduler
 from networks import ModelSettings, WindowSettings, load_model_weights
 from trainer import BEST, LATEST, METRICS_FILE, TRAINERS, Trainer, TrainerConfig, TrainingResult
@@ -105,7 +105,9 @@ def build_trainer(job: TrainingJob, model: nn.Module, device: torch.device, **lo
         device: where it trains.
         **loaders: ``train_loader``, ``val_loader``, ``val_indices``, ``run_dir`` of :class:`trainer.Trainer`.
     """
-    loss_fn = build_dice_ce(job.smooth_nr, job.smooth_dr)
+    # a deep-supervision list (UNETR++ --unetrpp_deep_supervision) is weighted over its resolutions;
+    # a single output goes to Dice-CE unchanged
+    loss_fn = DeepSupervisionLoss(build_dice_ce(job.smooth_nr, job.smooth_dr))
     optimizer = build_optimizer(job.optim, model.parameters())
     # the attack runs on the bare network (no DDP hooks during its gradients)
     attack = job.attack.build(model, loss_fn) if job.uses_attack else None

@@ -56,8 +56,10 @@ _NORM_CROSS_ATTN_KEY = re.compile(r"^vit\.blocks\.\d+\.norm_cross_attn\.(weight|
 
 _MODEL_FLAGS_HINT = (
     "the checkpoint looks like another architecture or other model flags; check "
-    "--model_name/--in_channels/--out_channels/--feature_size/--hidden_size/--mlp_dim/"
-    "--num_heads/--pos_embed/--roi_x/--roi_y/--roi_z against the run that saved it"
+    "--model_name/--in_channels/--out_channels, the model's own flags (unet-r: --feature_size/--hidden_size/"
+    "--mlp_dim/--num_heads/--pos_embed; unetr++: --unetrpp_*; swin-unetr: --swin_*; segresnet: --segresnet_*; "
+    "unet: --unet_*) and --roi_x/--roi_y/--roi_z (UNETR++ positional embeddings depend on the ROI) "
+    "against the run that saved it"
 )
 
 _MAX_KEYS_SHOWN = 10

@@ -16,7 +16,7 @@ import torch.nn as nn
 from utils.errors import UserError
 from utils.options import Option, constructor_kwargs, lookup
 
-from . import unetr
+from . import monai_zoo, unetr, unetrpp
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,10 @@ class ModelEntry:
 
 MODELS: dict[str, ModelEntry] = {
     "unet-r": ModelEntry(unetr.build_unetr, unetr.OPTIONS, "UNETR (the paper's release)"),
+    "unetr++": ModelEntry(unetrpp.build_unetrpp, unetrpp.OPTIONS, "UNETR++ (Shaker et al., IEEE TMI 2024)"),
+    "swin-unetr": ModelEntry(monai_zoo.build_swin_unetr, monai_zoo.SWIN_OPTIONS, "MONAI SwinUNETR"),
+    "segresnet": ModelEntry(monai_zoo.build_segresnet, monai_zoo.SEGRESNET_OPTIONS, "MONAI SegResNet"),
+    "unet": ModelEntry(monai_zoo.build_unet, monai_zoo.UNET_OPTIONS, "MONAI UNet (residual units)"),
 }
 
 

@@ -1,0 +1,107 @@
+"""Parameter count and seconds per attack step of every registered model (the README's model table).
+
+One step is one PGD call with ``steps=1`` on ``[batch, 1, *roi]``: the random start, one forward and
+backward pass to the input and the update, with the model in eval mode. Each model is built with its
+registered defaults (``--model_name`` flags' defaults) at its reference ROI, unless ``--roi`` is given.
+Models are timed interleaved (``for rep: for model: time one call``, order reversed every other rep), so
+load changes on a shared machine hit all alike; the table gives the median and the minimum.
+
+Examples::
+
+    python benchmarks/bench_models.py                          # every model, reference sizes, CPU
+    python benchmarks/bench_models.py --model_name unetr++ unet --reps 5
+    python benchmarks/bench_models.py --device cuda --reps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Optional, Sequence
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from attacks import PGD  # noqa: E402
+from benchmarks.bench_attacks import device_name  # noqa: E402
+from engine.losses import build_dice_ce  # noqa: E402
+from networks import MODELS, build_model  # noqa: E402
+
+N_CLASSES = 14
+
+REFERENCE_ROI = {
+    "unet-r": (96, 96, 96),  # the paper's release
+    "unetr++": (128, 128, 64),  # the authors' Synapse crop 64x128x128 (depth first), in our (x, y, z)
+    "swin-unetr": (96, 96, 96),  # MONAI BTCV tutorial
+    "segresnet": (96, 96, 96),
+    "unet": (96, 96, 96),
+}
+"""ROI (x, y, z) each model is timed at by default."""
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name", nargs="+", default=list(MODELS), choices=list(MODELS), help="models to time")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    parser.add_argument("--roi", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                        help="one ROI for every model (default: each model's reference ROI)")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per model (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions per model first (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.reps < 1 or args.warmup < 0 or args.batch < 1:
+        parser.error(f"need --reps >= 1, --warmup >= 0, --batch >= 1; got {args.reps}, {args.warmup}, {args.batch}")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    loss_fn = build_dice_ce()
+
+    cases = {}
+    for name in args.model_name:
+        roi = tuple(args.roi) if args.roi else REFERENCE_ROI.get(name, (96, 96, 96))
+        torch.manual_seed(0)
+        model = build_model(name, 1, N_CLASSES, roi).to(device).eval()
+        images = torch.rand(args.batch, 1, *roi, device=device)
+        labels = torch.randint(0, N_CLASSES, (args.batch, 1, *roi), device=device).float()
+        attack = PGD(model, loss_fn, eps=4 / 255, alpha=0.01, steps=1, random_start=True)
+        cases[name] = (attack, images, labels, roi, sum(p.numel() for p in model.parameters()))
+
+    times = {name: [] for name in cases}
+    names = list(cases)
+    for rep in range(args.warmup + args.reps):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            attack, images, labels, _, _ = cases[name]
+            sync()
+            start = time.perf_counter()
+            attack(images, labels)
+            sync()
+            if rep >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+        print(f"rep {rep + 1}/{args.warmup + args.reps} done", file=sys.stderr, flush=True)
+
+    print(f"device: {device_name(device)} ({device.type}); torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"one PGD step (steps=1, random start, forward + backward to the input), batch {args.batch}, "
+          f"{N_CLASSES} classes, default options; {args.reps} timed reps after {args.warmup} warm-up, interleaved")
+    print()
+    print("| model | ROI (x, y, z) | parameters | median s / step | min s / step |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        _, _, _, roi, params = cases[name]
+        print(f"| {name} | {'x'.join(map(str, roi))} | {params / 1e6:.2f} M | {statistics.median(times[name]):.2f} | "
+              f"{min(times[name]):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
