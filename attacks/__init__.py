@@ -1,4 +1,4 @@
-"""Adversarial attacks on volumetric segmentation: VAFA (frequency) and voxel attacks.
+"""Adversarial attacks on volumetric segmentation: VAFA (frequency), voxel attacks, SegPGD, CosPGD, APGD, worst case.
 
 Every attack is called as ``adv = attack(images [B,C,H,W,D], labels [B,1,H,W,D])``
 with images in [0, 1]; extras such as ``q_tables`` and ``success_rate`` are
@@ -8,24 +8,32 @@ attributes. Attacks are registered by name in :data:`ATTACKS`; build one with
 
 from __future__ import annotations
 
+from .apgd import APGD
 from .base import Attack, LossFn, attack_labels
+from .cospgd import CosPGD
+from .ensemble import WorstCase
 from .registry import ATTACKS, AttackSettings, all_attack_options, attack_options, build_attack, get_attack_class
+from .segpgd import SegPGD
 from .tiling import attack_volume, tile_slices
 from .vafa import VAFA, VAFA2D, VAFA3D
 from .voxel import BIM, FGSM, PGD, GaussianNoise
 
 __all__ = [
+    "APGD",
     "ATTACKS",
     "Attack",
     "AttackSettings",
     "BIM",
+    "CosPGD",
     "FGSM",
     "GaussianNoise",
     "LossFn",
     "PGD",
+    "SegPGD",
     "VAFA",
     "VAFA2D",
     "VAFA3D",
+    "WorstCase",
     "all_attack_options",
     "attack_labels",
     "attack_options",

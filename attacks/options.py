@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from utils.options import Option
 
+from .projection import NORMS
+
 INTENSITY_SCALE = 1.0 / 255.0
 """``--eps``/``--std`` are given on the [0, 255] scale; attacks work on [0, 1]."""
 
 STEPS = Option("steps", int, 20, "attack iterations (honoured for VAFA too, unlike the release)", minimum=1)
-ALPHA = Option("alpha", float, 0.01, "PGD/BIM step size on the [0,1] scale", minimum=0.0)
-EPS = Option("eps", float, 4, "L-inf budget on the [0,255] scale", scale=INTENSITY_SCALE, minimum=0.0)
+ALPHA = Option("alpha", float, 0.01, "PGD/BIM/SegPGD/CosPGD step size on the [0,1] scale (per-voxel RMS with "
+               "--norm l2)", minimum=0.0)
+EPS = Option("eps", float, 4, "budget on the [0,255] scale: L-inf radius, or per-voxel RMS radius with --norm l2",
+             scale=INTENSITY_SCALE, minimum=0.0)
 STD = Option("std", float, 4, "Gaussian-noise std on the [0,255] scale", scale=INTENSITY_SCALE, minimum=0.0)
 TARGETED = Option("targeted", bool, False, "targeted attack towards --target_class")
+NORM = Option("norm", str, "linf", "threat model of cospgd/apgd/worst-case: linf, or l2 (radius eps*sqrt(C*H*W*D) "
+              "per tile)", choices=NORMS)
+RANDOM_START = Option("random_start", bool, False, "segpgd/cospgd: start from a uniform random point of the ball")

@@ -17,11 +17,17 @@ import torch.nn as nn
 from utils.options import Option, collect_options, lookup
 
 from .base import Attack, LossFn, attack_labels
+from .apgd import APGD
+from .cospgd import CosPGD
+from .ensemble import WorstCase
+from .segpgd import SegPGD
 from .tiling import attack_volume
 from .vafa import VAFA2D, VAFA3D
 from .voxel import BIM, FGSM, PGD, GaussianNoise
 
-ATTACKS: Dict[str, Type[Attack]] = {cls.name: cls for cls in (VAFA3D, VAFA2D, PGD, FGSM, BIM, GaussianNoise)}
+ATTACKS: Dict[str, Type[Attack]] = {
+    cls.name: cls for cls in (VAFA3D, VAFA2D, PGD, FGSM, BIM, GaussianNoise, SegPGD, CosPGD, APGD, WorstCase)
+}
 
 
 def get_attack_class(name: str) -> Type[Attack]:

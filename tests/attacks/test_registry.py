@@ -15,6 +15,10 @@ CONFIGS = {
     "fgsm": dict(eps=4 / 255),
     "bim": dict(eps=4 / 255, alpha=0.01, steps=2),
     "gn": dict(std=4 / 255),
+    "segpgd": dict(eps=4 / 255, alpha=0.01, steps=2),
+    "cospgd": dict(eps=4 / 255, alpha=0.01, steps=2, norm="l2", random_start=True),
+    "apgd": dict(eps=4 / 255, steps=2, loss="masked-ce"),
+    "worst-case": dict(eps=4 / 255, steps=2, attacks=("apgd-js", "pgd")),
 }
 
 
@@ -94,7 +98,7 @@ def test_bad_input_shapes(images_shape, labels_shape, message):
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown attack 'cw'; valid names: vafa-3d, vafa-2d, pgd, fgsm, bim, gn"):
+    with pytest.raises(ValueError, match=r"unknown attack 'cw'; valid names: vafa-3d, vafa-2d, pgd, fgsm, bim, gn, segpgd, cospgd, apgd, worst-case"):
         build_attack("cw", make_model(), build_dice_ce())
 
 

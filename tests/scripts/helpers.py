@@ -19,6 +19,10 @@ ATTACK_FLAGS = {
     "fgsm": ["--eps", "8"],
     "bim": ["--steps", "2", "--eps", "8"],
     "gn": ["--std", "8"],
+    "segpgd": ["--steps", "2", "--eps", "8", "--random_start"],
+    "cospgd": ["--steps", "2", "--eps", "8", "--norm", "l2"],
+    "apgd": ["--steps", "2", "--eps", "8", "--loss", "js"],
+    "worst-case": ["--steps", "1", "--eps", "8", "--attacks", "apgd-masked-ce", "segpgd"],
 }
 
 

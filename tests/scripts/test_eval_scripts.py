@@ -49,6 +49,9 @@ def test_generation_writes_the_release_layout(attack, base_flags, tmp_path, tiny
     assert set(results) >= {"overall", "per_case", "args"}
     case = results["per_case"][name]
     assert "spleen" in case["per_organ"] and "timing" not in case
+    if attack == "worst-case":  # which member won each case, through the report hooks
+        assert case["worst_case_winner"] in ("apgd-masked-ce", "segpgd")
+        assert case["won[apgd-masked-ce]"] + case["won[segpgd]"] >= 1
     clean = nib.load(run_dir / f"imagesTsClean/clean_{name}")
     adv = nib.load(run_dir / f"imagesTsAdv/adv_{name}")
     assert clean.get_data_dtype() == np.uint8 and adv.shape == clean.shape
