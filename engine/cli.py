@@ -229,6 +229,24 @@ def check_model_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         option_values(get_model_entry(args.model_name).options, args)
     except ValueError as err:
         parser.error(str(err))
+    _check_model_builds(args, parser)
+
+
+def _check_model_builds(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Run the builder's own checks (ROI rules ...) at parse time, on the meta device (no memory).
+
+    A builder that cannot run on the meta device (one that reads tensor values while it
+    builds) is checked when the run builds the real model instead.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model_settings(args).build()
+    except ValueError as err:  # UserError included
+        parser.error(str(err))
+    except Exception:  # noqa: BLE001 - not meta-compatible: checked at build time
+        logger.debug("model %s not checked on the meta device", args.model_name)
 
 
 def check_attack_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
