@@ -317,11 +317,15 @@ def parse(description: str, argv: Sequence[str] | None, groups: Iterable[Callabl
     parser = make_parser(description)
     for add in groups:
         add(parser)
+    _DEFAULTS.clear()
+    _DEFAULTS.update(to_jsonable({a.dest: a.default for a in parser._actions if a.dest != "help"}))
     args = parser.parse_args(argv)
     for check in checks:
         check(args, parser)
     return args
 
+
+_DEFAULTS: dict = {}  # every flag's default, of the parser that parsed last (older run folders lack new flags)
 
 EVAL_GROUPS = (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_eval_output_args, add_runtime_args)
 TRAINING_GROUPS = (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_training_args, add_runtime_args)
@@ -391,7 +395,7 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         adv_folder=adv_folder, save_dtype=args.save_dtype, save_figures=args.save_figures,
         overwrite=args.overwrite, seed=args.seed, verbose=args.verbose, title=title,
         launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
-        path_keys=PATH_FLAGS,
+        path_keys=PATH_FLAGS, defaults=dict(_DEFAULTS),
     )
 
 

@@ -58,6 +58,7 @@ class EvalJob:
         record: the resolved arguments, written to ``args.json`` and ``results.json``.
         runtime_keys: keys of ``record`` that do not change the numbers (a resume may differ there).
         path_keys: keys of ``record`` that hold paths (compared canonically on a resume).
+        defaults: every flag's default (a key an older ``args.json`` lacks counts as its default).
     """
 
     model: ModelSettings
@@ -79,6 +80,7 @@ class EvalJob:
     record: Mapping = field(default_factory=dict)
     runtime_keys: frozenset = frozenset()
     path_keys: frozenset = frozenset()
+    defaults: Mapping = field(default_factory=dict)
 
     @property
     def tag(self) -> str:
@@ -279,7 +281,7 @@ def _start(job: EvalJob, held: contextlib.ExitStack) -> None:
     setup_logging(log_file, job.verbose)
     if job.run_dir is not None:
         held.enter_context(run_lock(job.run_dir))
-        prepare_run_dir(job.run_dir, job.record, job.runtime_keys, job.overwrite, job.path_keys)
+        prepare_run_dir(job.run_dir, job.record, job.runtime_keys, job.overwrite, job.path_keys, job.defaults)
 
 
 def run_generation(job: EvalJob) -> dict:

@@ -21,12 +21,17 @@ def _canonical(value: Any) -> Any:
     return os.path.realpath(os.path.expanduser(value)) if isinstance(value, str) and value else value
 
 
-def changed_settings(previous: Mapping, now: Mapping, runtime_keys, path_keys=frozenset()) -> list[str]:
+def changed_settings(previous: Mapping, now: Mapping, runtime_keys, path_keys=frozenset(),
+                     defaults: Mapping = None) -> list[str]:
     """Keys (outside ``runtime_keys``) whose recorded values differ between two runs; values
     under ``path_keys`` are compared as canonical paths (a trailing slash or a relative path
-    to the same place is no difference)."""
+    to the same place is no difference). A key one record lacks (a flag added since that
+    run was made) counts as its default from ``defaults``."""
+    defaults = defaults or {}
+
     def value(record: Mapping, key: str) -> Any:
-        return _canonical(record.get(key)) if key in path_keys else record.get(key)
+        found = record.get(key, defaults.get(key))
+        return _canonical(found) if key in path_keys else found
 
     return sorted(k for k in set(previous) | set(now) if k not in runtime_keys and value(previous, k) != value(now, k))
 
@@ -57,7 +62,8 @@ def run_lock(run_dir: str | None):
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool, path_keys=frozenset()) -> None:
+def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool, path_keys=frozenset(),
+                    defaults: Mapping = None) -> None:
     """Create or reuse a run folder: never silently mix two different runs.
 
     Call it under :func:`run_lock`. An existing folder
@@ -72,6 +78,7 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
         runtime_keys: keys of ``record`` that do not change a run's numbers.
         overwrite: start the folder afresh.
         path_keys: keys of ``record`` holding paths (compared canonically).
+        defaults: each flag's default, for keys an older ``args.json`` lacks.
 
     Raises:
         UserError: the folder holds an unreadable ``args.json``, or holds a run
@@ -92,7 +99,7 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
         except (OSError, ValueError) as err:
             raise UserError(f"{args_file} is unreadable ({err}); it records which settings the finished cases in "
                             "that folder used: restore it, or choose another output folder") from None
-        changed = changed_settings(previous, record, runtime_keys, path_keys)
+        changed = changed_settings(previous, record, runtime_keys, path_keys, defaults)
         if changed:
             details = ", ".join(f"{k}: {previous.get(k)!r} -> {record.get(k)!r}" for k in changed[:5])
             raise UserError(

@@ -418,3 +418,12 @@ def test_kill_9_during_training_then_resume_equals_an_unbroken_run(tiny_dataset,
     for key, value in a["model_state_dict"].items():
         assert torch.equal(value, b["model_state_dict"][key]), key
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".tmp_")]
+
+
+def test_a_folder_from_before_a_new_flag_still_resumes(finished):
+    argv, run_dir = finished
+    record = json.loads((run_dir / "args.json").read_text())
+    for key in ("vafa_normalise", "norm", "loss"):  # flags an older version did not record
+        record.pop(key, None)
+    (run_dir / "args.json").write_text(json.dumps(record))
+    assert gen.main(argv) == 0
