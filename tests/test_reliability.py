@@ -427,3 +427,16 @@ def test_a_folder_from_before_a_new_flag_still_resumes(finished):
         record.pop(key, None)
     (run_dir / "args.json").write_text(json.dumps(record))
     assert gen.main(argv) == 0
+
+
+def test_a_new_training_run_never_replaces_another_runs_metrics(tiny_dataset, tmp_path, capsys):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "metrics.csv").write_text("epoch,loss\n0,1.0\n")
+    (folder / "args.json").write_text("{}")
+    before = snapshot(folder)
+    argv = ["--data_dir", tiny_dataset.data_dir, "--json_list", tiny_dataset.json_name, "--workers", "0",
+            "--device", "cpu", "--max_epochs", "1", "--save_model_dir", str(folder)]  # no --save_checkpoint
+    code, err = run_main(train_script.main, argv, capsys)
+    one_line_error(code, err, 2, "already holds metrics.csv of another run")
+    assert snapshot(folder) == before
