@@ -163,6 +163,12 @@ class Attack:
         """Additive quantities (sums over voxels) of the last call, or ``None``."""
         return None
 
+    def call_candidates(self) -> Optional[Mapping[str, torch.Tensor]]:
+        """Other results of the last call worth comparing on the whole volume (an ensemble's
+        members: ``{name: adv [B, C, H, W, D]}``), or ``None``. The evaluation stitches each
+        into its own volume and keeps, per volume, the one with the lowest Dice."""
+        return None
+
     @classmethod
     def case_metrics(cls, sums: Mapping[str, float]) -> dict:
         """Per-case report entries from the volume's summed :meth:`call_parts`."""

@@ -68,7 +68,10 @@ class WorstCase(Attack):
     2ε → 1.5ε → ε radius schedule inside each APGD run is not applied).
 
     The reports count the tiles each member won (``won[<member>]``) and name the member
-    that won most (``worst_case_winner``) for every case.
+    that won most (``worst_case_winner``) for every case. Each member's own results are
+    offered (:meth:`call_candidates`) so that the evaluation compares, on the whole stitched
+    volume, the per-tile mix with every member's volume and keeps the lowest Dice
+    (``volume_winner``).
 
     Args:
         model: segmentation network.
@@ -107,6 +110,7 @@ class WorstCase(Attack):
                                    norm=self.norm, targeted=self.targeted) for a in attacks]
         self.winner: Optional[torch.Tensor] = None
         self.scores: Optional[torch.Tensor] = None
+        self.member_advs: Optional[Dict[str, torch.Tensor]] = None
 
     def check_tile(self, tile_shape: Sequence[int]) -> None:
         for member in self.members:
@@ -115,8 +119,10 @@ class WorstCase(Attack):
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Run every member; ``images [B, C, H, W, D]`` in [0, 1], ``labels [B, 1, H, W, D]``."""
         best, best_score, winner, scores = None, None, None, []
+        self.member_advs = {}
         for index, member in enumerate(self.members):
             adv = member(images, labels)
+            self.member_advs[self.attacks[index]] = adv
             with torch.no_grad():
                 score = tile_score(self.model(adv), labels, self.targeted)  # [B]
             scores.append(score)
@@ -131,6 +137,10 @@ class WorstCase(Attack):
         return best
 
     # ------------------------------------------------------------------ reports
+
+    def call_candidates(self) -> Optional[Mapping[str, torch.Tensor]]:
+        """Each member's own result of the last call (compared again on the stitched volume)."""
+        return self.member_advs
 
     def call_parts(self) -> Optional[Mapping[str, torch.Tensor]]:
         """Tiles won by each member in the last call: ``{"won[<member>]": count}``."""

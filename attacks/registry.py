@@ -123,6 +123,8 @@ class AttackSettings:
         return attack_labels(labels, self.target_class if self.targeted else None)
 
     def attack_volume(self, attack: Attack, image: torch.Tensor, label: torch.Tensor, roi: Sequence[int],
-                      progress: bool = False) -> torch.Tensor:
+                      progress: bool = False, candidates: Optional[dict] = None) -> torch.Tensor:
         """Attack a whole volume ``[1, C, H, W, D]`` tile by tile (:func:`attacks.tiling.attack_volume`)."""
-        return attack_volume(image, self.labels(label), attack, roi, self.batch_size, progress=progress)
+        offered = getattr(attack, "call_candidates", None)
+        return attack_volume(image, self.labels(label), attack, roi, self.batch_size, progress=progress,
+                             candidates=candidates, offered=offered)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from monai.data.utils import dense_patch_slices
@@ -27,6 +27,8 @@ def attack_volume(
     roi: Sequence[int],
     batch_size: int = 6,
     progress: bool = True,
+    candidates: Optional[dict] = None,
+    offered: Optional[Callable[[], Optional[Mapping]]] = None,
 ) -> torch.Tensor:
     """Attack a whole volume in ROI tiles and stitch the adversarial tiles back.
 
@@ -37,6 +39,10 @@ def attack_volume(
         roi: tile size ``(rx, ry, rz)``.
         batch_size: tiles attacked together (the release: 6).
         progress: show a progress bar over the tile batches.
+        candidates: when given with ``offered``, a dict filled with the other whole-volume
+            results the attack offers (``offered()`` after each batch, e.g. an ensemble's
+            ``call_candidates``, stitched the same way): ``{name: [1, C, H, W, D]}``.
+        offered: what the attack offers after each call.
 
     Returns:
         ``[1, C, H, W, D]`` adversarial volume.
@@ -60,4 +66,13 @@ def attack_volume(
         adv_tiles = attack(tiles, tile_labels)  # [N, C, *roi]
         for s, tile in zip(chunk, adv_tiles):
             adv[(..., *s)] = tile
-    return adv[(..., *(slice(0, s) for s in spatial))]
+        if candidates is not None and offered is not None:
+            for name, member_tiles in (offered() or {}).items():
+                volume = candidates.setdefault(name, image.clone())
+                for s, tile in zip(chunk, member_tiles):
+                    volume[(..., *s)] = tile
+    crop = (..., *(slice(0, s) for s in spatial))
+    if candidates is not None:
+        for name in candidates:
+            candidates[name] = candidates[name][crop]
+    return adv[crop]

@@ -36,6 +36,7 @@ from data.loading import build_dataset, plain_tensor  # noqa: E402
 from engine import cli  # noqa: E402
 from engine.evaluation import load_trained_model  # noqa: E402
 from engine.losses import build_dice_ce  # noqa: E402
+from engine.evaluation import worst_volume  # noqa: E402
 from networks import predict_volume  # noqa: E402
 from utils.metrics import class_mean, dice_per_class  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402
@@ -115,7 +116,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for index, (image, label) in enumerate(volumes):
                 seed_everything(args.seed + index)
                 start = time.perf_counter()
-                adv = settings.attack_volume(attack, image, label, model_settings.roi)
+                candidates: dict = {}  # an ensemble's members, compared again on the whole volume
+                adv = settings.attack_volume(attack, image, label, model_settings.roi, candidates=candidates)
+                if candidates:
+                    adv, _ = worst_volume(model, window, {"per-tile": adv, **candidates}, settings.labels(label),
+                                          settings.targeted, n)
                 seconds.append(time.perf_counter() - start)
                 with torch.no_grad():
                     dices.append(mean_dice(predict_volume(model, adv, window), label, n))

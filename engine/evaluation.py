@@ -334,16 +334,52 @@ def _run_generation(job: EvalJob, device: torch.device) -> dict:
                     sums[key] = sums.get(key, 0.0) + float(value)
                 return adv_tiles
 
+            attack_and_measure.call_candidates = attack.call_candidates  # an ensemble's members, stitched too
+            candidates: dict = {}
             adv = job.attack.attack_volume(attack_and_measure, image, label, job.model.roi,
-                                           progress=dist_utils.is_main_process())
+                                           progress=dist_utils.is_main_process(), candidates=candidates)
             if not bool(adv.isfinite().all()):
                 raise UserError(f"case {case_name(item)}: {job.attack.name} produced NaN or Inf voxels; check the "
                                 "attack's settings (nothing is reported from it)")
-            return adv, attack.case_metrics(sums)
+            extra = attack.case_metrics(sums)
+            if candidates:
+                adv, extra["volume_winner"] = worst_volume(model, job.window, {"per-tile": adv, **candidates},
+                                                           job.attack.labels(label), job.attack.targeted,
+                                                           job.model.out_channels)
+            return adv, extra
 
         return make_adv
 
     return _run_job(job, device, prepare, save_volumes=True)
+
+
+def worst_volume(model: nn.Module, window: WindowSettings, volumes: Mapping[str, torch.Tensor],
+                 attack_labels: torch.Tensor, targeted: bool, num_classes: int) -> tuple:
+    """Of several adversarial versions of one volume, the one that hurts most.
+
+    Each is predicted whole (sliding window); untargeted, the lowest mean Dice against the
+    true labels wins, targeted the highest against the target labels; ties go to the first.
+
+    Args:
+        model: the evaluated network.
+        window: sliding-window settings.
+        volumes: ``{name: [1, C, H, W, D]}``.
+        attack_labels: ``[1, 1, H, W, D]`` labels the attack was given.
+        targeted: whether those are target labels.
+        num_classes: the model's classes.
+
+    Returns:
+        ``(volume, name)`` of the winner.
+    """
+    from utils.metrics import class_mean, dice_per_class
+
+    best = None
+    for name, volume in volumes.items():
+        dice = class_mean(dice_per_class(predict_volume(model, volume, window), attack_labels, num_classes))
+        score = -dice if targeted else dice
+        if best is None or score < best[0]:
+            best = (score, name, volume)
+    return best[2], best[1]
 
 
 def _run_inference(job: EvalJob, device: torch.device) -> dict:
