@@ -35,6 +35,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import benchmark_device  # noqa: E402
+
 from attacks import PGD, VAFA  # noqa: E402
 from networks import build_model  # noqa: E402
 from engine.losses import build_dice_ce  # noqa: E402
@@ -137,10 +139,7 @@ def time_cases(attacks: Dict[str, Callable], images, labels, reps: int, warmup: 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    device, sync = benchmark_device(args.device, args.threads)
 
     torch.manual_seed(0)
     model = build_unetr(args.size, args.small).to(device).eval()

@@ -26,6 +26,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import benchmark_device  # noqa: E402
+
 from attacks import PGD  # noqa: E402
 from benchmarks.bench_attacks import device_name  # noqa: E402
 from engine.losses import build_dice_ce  # noqa: E402
@@ -61,10 +63,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    device, sync = benchmark_device(args.device, args.threads)
     loss_fn = build_dice_ce()
 
     cases = {}
