@@ -9,7 +9,7 @@ names and summaries from here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Type
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
@@ -123,8 +123,11 @@ class AttackSettings:
         return attack_labels(labels, self.target_class if self.targeted else None)
 
     def attack_volume(self, attack: Attack, image: torch.Tensor, label: torch.Tensor, roi: Sequence[int],
-                      progress: bool = False, candidates: Optional[dict] = None) -> torch.Tensor:
-        """Attack a whole volume ``[1, C, H, W, D]`` tile by tile (:func:`attacks.tiling.attack_volume`)."""
-        offered = getattr(attack, "call_candidates", None)
+                      progress: bool = False, candidates: Optional[dict] = None,
+                      offered: Optional[Callable] = None) -> torch.Tensor:
+        """Attack a whole volume ``[1, C, H, W, D]`` tile by tile (:func:`attacks.tiling.attack_volume`);
+        ``offered`` defaults to ``attack.call_candidates`` (pass it when ``attack`` wraps an ``Attack``)."""
+        if offered is None:
+            offered = getattr(attack, "call_candidates", None)
         return attack_volume(image, self.labels(label), attack, roi, self.batch_size, progress=progress,
                              candidates=candidates, offered=offered)

@@ -334,10 +334,10 @@ def _run_generation(job: EvalJob, device: torch.device) -> dict:
                     sums[key] = sums.get(key, 0.0) + float(value)
                 return adv_tiles
 
-            attack_and_measure.call_candidates = attack.call_candidates  # an ensemble's members, stitched too
-            candidates: dict = {}
+            candidates: dict = {}  # an ensemble's members, stitched too
             adv = job.attack.attack_volume(attack_and_measure, image, label, job.model.roi,
-                                           progress=dist_utils.is_main_process(), candidates=candidates)
+                                           progress=dist_utils.is_main_process(), candidates=candidates,
+                                           offered=attack.call_candidates)
             if not bool(adv.isfinite().all()):
                 raise UserError(f"case {case_name(item)}: {job.attack.name} produced NaN or Inf voxels; check the "
                                 "attack's settings (nothing is reported from it)")

@@ -183,10 +183,9 @@ def test_a_corrupt_validation_file_is_found_before_training(dataset, tmp_path, c
     argv = ["--data_dir", dataset.data_dir, "--json_list", dataset.json_name, "--workers", "0", "--device", "cpu",
             "--feature_size", "8", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4",
             "--roi_x", "32", "--roi_y", "32", "--roi_z", "16", "--max_epochs", "1", "--save_model_dir", str(tmp_path / "m")]
-    started = time.perf_counter()
     code, err = run_main(train_script.main, argv, capsys)
     one_line_error(code, err, 2, "cannot read image file")
-    assert time.perf_counter() - started < 60  # refused before any epoch
+    assert not (tmp_path / "m" / "metrics.csv").exists()  # refused before any epoch ran
 
 
 def test_nan_weights_are_refused(tiny_dataset, tmp_path, capsys):
@@ -262,9 +261,7 @@ def test_a_corrupt_args_json_is_one_line(finished, capsys):
 def test_other_settings_never_suggest_overwrite_first(finished, capsys):
     argv, run_dir = finished
     before = snapshot(run_dir)
-    other = list(argv)
-    other[other.index("--seed") + 1 if "--seed" in other else len(other):] = []
-    code, err = run_main(gen.main, other + ["--seed", "5"], capsys)
+    code, err = run_main(gen.main, argv + ["--seed", "5"], capsys)
     one_line_error(code, err, 2, "choose another output folder to keep it")
     assert snapshot(run_dir) == before
 
