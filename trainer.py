@@ -35,7 +35,6 @@ from their USR1 trap, and resume when ``model_latest.pt`` exists).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import math
@@ -103,7 +102,9 @@ class TrainerConfig:
         val_attack: also report validation Dice under the attack.
         val_attack_cases: validation cases attacked with ``val_attack``.
         seed: seeds the data order, augmentations and attack randomness per epoch.
-        amp: mixed precision on CUDA.
+        amp: the release's mixed precision (fp16 on CUDA) when ``precision`` is unset.
+        precision: ``--precision`` of the training passes (``None``: as ``amp`` says).
+        compile: ``torch.compile`` the network of the training passes.
         save_checkpoint: write ``model_latest.pt`` / ``model_best.pt``.
         logdir: TensorBoard folder (default: the run folder).
         freq_reg_norm, freq_reg_weight: VAFT's frequency-consistency loss.
@@ -121,6 +122,8 @@ class TrainerConfig:
     val_attack_cases: int = 2
     seed: int = 0
     amp: bool = True
+    precision: Optional[str] = None
+    compile: bool = False
     save_checkpoint: bool = False
     logdir: Optional[str] = None
     freq_reg_norm: str = "relative"
@@ -180,7 +183,8 @@ class Trainer:
                  attack: Optional[Attack] = None, train_loader: Optional[Iterable] = None,
                  val_loader: Optional[Iterable] = None, val_indices: Optional[Sequence[int]] = None,
                  run_dir: Optional[str] = None):
-        from engine.optim import amp_dtype_for
+        from engine.optim import training_precision
+        from networks import compiled
 
         self.config = config
         self.device = torch.device(device)
@@ -198,6 +202,7 @@ class Trainer:
                                                              find_unused_parameters=True)
         else:
             self.model = self.module
+        self.model = compiled(self.model, config.compile)
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.val_indices = val_indices
@@ -206,8 +211,9 @@ class Trainer:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.attack = attack
-        self.amp_dtype = amp_dtype_for(self.device, config.amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.precision = training_precision(self.device, config.amp, config.precision)
+        # float16 gradients underflow without loss scaling (the release's GradScaler); bf16 and fp32 need none
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.start_epoch = 0
         self.best_acc = 0.0
         self.last_acc: Optional[float] = None
@@ -222,9 +228,10 @@ class Trainer:
         return self.rank == 0
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        """Autocast of the training passes (a no-op context in fp32)."""
+        from networks.precision import autocast
+
+        return autocast(self.device.type, self.precision)
 
     def unpack(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images [B,C,H,W,D], labels [B,1,H,W,D])`` as plain tensors on the device."""
@@ -251,7 +258,8 @@ class Trainer:
         """One optimiser step on ``compute()["loss"]``; returns every term as a float.
 
         Gradients are cleared (set to ``None``) right before the training forward pass, so
-        the step sees the training loss only. Autocast and the fp16 ``GradScaler`` on CUDA.
+        the step sees the training loss only. Autocast in the training precision; the
+        ``GradScaler`` in fp16.
         """
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Sequence
 from attacks import ATTACKS, AttackSettings, all_attack_options, get_attack_class
 from data.datasets import DATASETS, get_dataset
 from data.loading import DataSettings, split_for_mode
-from networks import MODELS, ModelSettings, WindowSettings, get_model_entry, model_options
+from networks import MODELS, PRECISIONS, ModelSettings, WindowSettings, get_model_entry, model_options
 from utils.distributed import LaunchSettings
 from utils.errors import EXIT_USER_ERROR, UserError
 from utils.io import to_jsonable
@@ -128,6 +128,11 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dist-url", default="tcp://127.0.0.1:23456", type=str, help="rendezvous URL (release's mp.spawn launch)")
     g.add_argument("--dist-backend", default=None, type=str, help="nccl on GPU, gloo on CPU when unset")
     g.add_argument("--verbose", action="store_true", help="debug logging")
+    g.add_argument("--precision", default=None, choices=tuple(PRECISIONS),
+                   help="precision of the model's passes (autocast; losses, VAFA's transforms and metrics stay "
+                        "float32). Default: fp32 for attacks and inference; training: the release's mixed precision "
+                        "(fp16 with a gradient scaler on CUDA, fp32 on CPU, fp32 everywhere with --noamp)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (pays a one-off compile time)")
 
 
 def add_eval_output_args(parser: argparse.ArgumentParser) -> None:
@@ -308,6 +313,8 @@ def check_training_args(args: argparse.Namespace, parser: argparse.ArgumentParse
         value = getattr(args, name)
         if not (value >= 0 and value != float("inf")):
             parser.error(f"--{name} must be a finite number >= 0, got {value}")
+    if args.noamp and args.precision not in (None, "fp32"):
+        parser.error(f"--noamp (full precision) contradicts --precision {args.precision}; pass one of them")
     args.amp = not args.noamp
 
 
@@ -395,7 +402,7 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         adv_folder=adv_folder, save_dtype=args.save_dtype, save_figures=args.save_figures,
         overwrite=args.overwrite, seed=args.seed, verbose=args.verbose, title=title,
         launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
-        path_keys=PATH_FLAGS, defaults=dict(_DEFAULTS),
+        path_keys=PATH_FLAGS, defaults=dict(_DEFAULTS), precision=args.precision or "fp32", compile=args.compile,
     )
 
 
@@ -469,7 +476,7 @@ def training_job(args: argparse.Namespace):
                             momentum=args.momentum, schedule=args.lrschedule, warmup_epochs=args.warmup_epochs,
                             max_epochs=args.max_epochs),
         mode=mode, batch_size=args.batch_size, max_epochs=args.max_epochs, val_every=args.val_every,
-        amp=not args.noamp, smooth_nr=args.smooth_nr, smooth_dr=args.smooth_dr,
+        amp=not args.noamp, precision=args.precision, compile=args.compile, smooth_nr=args.smooth_nr, smooth_dr=args.smooth_dr,
         freq_reg_norm=args.freq_reg_norm, freq_reg_weight=args.freq_reg_weight,
         val_attack=args.val_attack, val_attack_cases=args.val_attack_cases,
         save_checkpoint=args.save_checkpoint, run_dir=run_dir, resume_from=checkpoint,

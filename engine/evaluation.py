@@ -25,7 +25,7 @@ from data.loading import DataSettings, build_dataset, check_case, check_files, c
 from engine.losses import build_dice_ce
 from engine.reports import case_rows, format_summary, report_case, summarise
 from engine.run_folder import prepare_run_dir, run_lock
-from networks import ModelSettings, WindowSettings, load_model_weights, predict_volume
+from networks import ModelSettings, WindowSettings, compiled, load_model_weights, predict_volume, with_precision
 from utils import distributed as dist_utils
 from utils.distributed import LaunchSettings
 from utils.errors import UserError
@@ -59,6 +59,8 @@ class EvalJob:
         runtime_keys: keys of ``record`` that do not change the numbers (a resume may differ there).
         path_keys: keys of ``record`` that hold paths (compared canonically on a resume).
         defaults: every flag's default (a key an older ``args.json`` lacks counts as its default).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the model's passes (attack and prediction).
+        compile: ``torch.compile`` the model.
     """
 
     model: ModelSettings
@@ -81,6 +83,8 @@ class EvalJob:
     runtime_keys: frozenset = frozenset()
     path_keys: frozenset = frozenset()
     defaults: Mapping = field(default_factory=dict)
+    precision: str = "fp32"
+    compile: bool = False
 
     @property
     def tag(self) -> str:
@@ -310,6 +314,7 @@ def _run_job(job: EvalJob, device: torch.device, prepare: Callable[[nn.Module], 
         items = job.items()
         _start(job, held)
         model = load_trained_model(job.model, job.checkpoint, device)
+        model = with_precision(compiled(model, job.compile), job.precision)
         evaluator = CaseEvaluator(job, model, device, save_volumes=save_volumes)
         results = evaluator.run(items, prepare(model))
         return finish_run(job, results, evaluator, items, time.perf_counter() - started)

@@ -87,8 +87,10 @@ def build_scheduler(settings: OptimSettings, optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def amp_dtype_for(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
-    """Autocast dtype: bf16 on CUDA where supported, else fp16; ``None`` on CPU or with ``--noamp``."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def training_precision(device: torch.device, amp: bool, precision: Optional[str]) -> str:
+    """Precision of the training passes: ``--precision`` when given, else the release's
+    mixed precision: ``fp16`` (with a gradient scaler) on CUDA unless ``--noamp``, ``fp32``
+    on other devices (the release's CUDA autocast did nothing there)."""
+    if precision is not None:
+        return precision
+    return "fp16" if amp and device.type == "cuda" else "fp32"

@@ -16,7 +16,7 @@ from data.loading import CROPS_PER_VOLUME, DataSettings, build_dataset, build_lo
 from data.sampling import EpochSampler, EpochSeededDataset
 from engine.losses import DeepSupervisionLoss, build_dice_ce
 from engine.optim import SCHEDULES, OptimSettings, build_optimizer, build_scheduler
-from networks import ModelSettings, WindowSettings, load_model_weights
+from networks import ModelSettings, WindowSettings, compiled, load_model_weights, with_precision
 from trainer import BEST, LATEST, METRICS_FILE, TRAINERS, Trainer, TrainerConfig, TrainingResult
 from utils import distributed as dist_utils
 from utils.distributed import LaunchSettings
@@ -44,6 +44,9 @@ class TrainingJob:
         new_run_parent: the folder a new run was asked to go in (for messages).
         resume_hint: the flags that continue this run.
         record: the resolved arguments, written to ``args.json`` and into checkpoints.
+        precision: ``--precision`` (``None``: the release's mixed precision for the training
+            passes, fp32 for the attack's).
+        compile: ``torch.compile`` the network (training passes and attack).
         Other fields as :class:`trainer.TrainerConfig`.
     """
 
@@ -57,6 +60,8 @@ class TrainingJob:
     max_epochs: int = 5000
     val_every: int = 100
     amp: bool = True
+    precision: Optional[str] = None
+    compile: bool = False
     smooth_nr: float = 0.0
     smooth_dr: float = 1e-6
     freq_reg_norm: str = "relative"
@@ -90,6 +95,7 @@ class TrainingJob:
             max_epochs=self.max_epochs, val_every=self.val_every, num_classes=self.model.out_channels,
             window=self.window, attack=self.attack, val_attack=self.val_attack,
             val_attack_cases=self.val_attack_cases, seed=self.seed, amp=self.amp,
+            precision=self.precision, compile=self.compile,
             save_checkpoint=self.save_checkpoint, logdir=self.logdir, freq_reg_norm=self.freq_reg_norm,
             freq_reg_weight=self.freq_reg_weight, optim_name=self.optim.name, resume_hint=self.resume_hint,
             record=self.record,
@@ -109,8 +115,11 @@ def build_trainer(job: TrainingJob, model: nn.Module, device: torch.device, **lo
     # a single output goes to Dice-CE unchanged
     loss_fn = DeepSupervisionLoss(build_dice_ce(job.smooth_nr, job.smooth_dr))
     optimizer = build_optimizer(job.optim, model.parameters())
-    # the attack runs on the bare network (no DDP hooks during its gradients)
-    attack = job.attack.build(model, loss_fn) if job.uses_attack else None
+    # the attack runs on the bare network (no DDP hooks during its gradients), in --precision
+    # (fp32 unless given: the release attacked in full precision)
+    attack = None
+    if job.uses_attack:
+        attack = job.attack.build(with_precision(compiled(model, job.compile), job.precision or "fp32"), loss_fn)
     return job.trainer_class(job.trainer_config(), model, device, loss_fn=loss_fn, optimizer=optimizer,
                              scheduler=build_scheduler(job.optim, optimizer), attack=attack, **loaders)
 

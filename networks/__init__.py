@@ -2,15 +2,19 @@
 
 from .checkpoint import adapt_legacy_state_dict, extract_state_dict, load_model_weights, read_checkpoint, save_checkpoint
 from .inference import WindowSettings, predict_volume
+from .precision import PRECISIONS, MixedPrecision, compiled, with_precision
 from .registry import MODELS, ModelEntry, ModelSettings, build_model, get_model_entry, model_options
 
 __all__ = [
     "MODELS",
+    "MixedPrecision",
+    "PRECISIONS",
     "ModelEntry",
     "ModelSettings",
     "WindowSettings",
     "adapt_legacy_state_dict",
     "build_model",
+    "compiled",
     "extract_state_dict",
     "get_model_entry",
     "load_model_weights",
@@ -18,4 +22,5 @@ __all__ = [
     "predict_volume",
     "read_checkpoint",
     "save_checkpoint",
+    "with_precision",
 ]

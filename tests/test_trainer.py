@@ -119,9 +119,42 @@ def test_optimisers_take_the_release_hyperparameters(name, cls):
         assert group["nesterov"] and group["momentum"] == 0.99
 
 
-def test_no_autocast_on_cpu():
-    assert optim.amp_dtype_for(torch.device("cpu"), True) is None
-    assert optim.amp_dtype_for(torch.device("cuda"), False) is None
+def test_training_precision_defaults_to_the_release_mixed_precision():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert optim.training_precision(cpu, True, None) == "fp32"  # the release's CUDA autocast did nothing on CPU
+    assert optim.training_precision(cuda, True, None) == "fp16"  # the release: float16 with a gradient scaler
+    assert optim.training_precision(cuda, False, None) == "fp32"  # --noamp
+    assert optim.training_precision(cpu, True, "bf16") == "bf16"  # --precision wins
+    assert optim.training_precision(cuda, True, "bf16") == "bf16"
+
+
+def test_noamp_with_a_half_precision_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        make_args("--noamp", "--precision", "bf16")
+    assert exit_info.value.code == 2
+    assert "--noamp" in capsys.readouterr().err
+
+
+def test_bf16_training_steps_run_the_model_in_bf16_and_the_attack_in_fp32_unless_asked():
+    """The training passes follow --precision; the attack building X' too only when --precision is given."""
+    seen = []
+
+    def record(module, inputs, output):
+        seen.append((module.training, output.dtype))
+
+    for extra, attack_dtype in (([], torch.float32), (["--precision", "bf16"], torch.bfloat16)):
+        args = make_args("--adv_training_mode", "--attack_name", "pgd", "--steps", "1", *extra)
+        model = tiny_model()
+        trainer = make_trainer(args, model, torch.device("cpu"))
+        if not extra:
+            trainer.precision = "bf16"  # the training passes alone in bf16
+        seen.clear()
+        handle = model.out.register_forward_hook(record)
+        trainer.train_step(fixed_batch())
+        handle.remove()
+        assert (False, attack_dtype) in seen  # the attack's pass (eval mode)
+        assert (True, torch.bfloat16) in seen  # the training pass
+        assert trainer.scaler.is_enabled() is False
 
 
 # --------------------------------------------------------------------------- data order
@@ -358,8 +391,7 @@ def test_amp_steps_on_cuda():
                        "--lrschedule", "constant", "--optim_lr", "1e-3"])
     val = [{k: v.cuda() for k, v in fixed_batch(batch=1).items()}]
     trainer = make_trainer(args, tiny_model(), torch.device("cuda"), val_loader=val)
-    assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
-    assert trainer.scaler.is_enabled() == (trainer.amp_dtype == torch.float16)
+    assert trainer.precision == "fp16" and trainer.scaler.is_enabled()  # the release's float16 with its scaler
     batch = {k: v.cuda() for k, v in fixed_batch().items()}
     terms = [trainer.train_step(batch) for _ in range(3)]
     assert all(math.isfinite(v) for t in terms for v in t.values())
