@@ -14,7 +14,10 @@ train
     The same deterministic chain (ACDC: with ``ResizeWithPadOrCropd`` after the
     foreground crop, as the release does), then ``SpatialPadd`` to the ROI (ours:
     a no-op for volumes at least as large as the ROI, it lets tiny volumes work),
-    ``RandCropByPosNegLabeld`` (pos 1, neg 1, 4 samples, image threshold 0),
+    ``RandCropByPosNegLabeld`` (pos 1, neg 1, 4 samples, image threshold 0) — or, with
+    ``--crop_sampling classes`` (ours), ``RandCropByLabelClassesd`` centring the crops on
+    each class (background included) equally often, so small organs are seen as often as
+    the liver —
     ``RandFlipd`` on each axis, ``RandRotate90d(max_k=3)``,
     ``RandScaleIntensityd(0.1)`` and ``RandShiftIntensityd(0.1)``.
 
@@ -68,6 +71,8 @@ KEYS = ("image", "label")
 CACHE_NUM = 24
 #: ROI crops ``RandCropByPosNegLabeld`` takes from each training volume (the release's 4).
 CROPS_PER_VOLUME = 4
+#: ``--crop_sampling`` values: the release's foreground/background crops, or one class per crop in turn.
+CROP_SAMPLINGS = ("posneg", "classes")
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class DataSettings:
     scale_intensity_prob: float = 0.1
     shift_intensity_prob: float = 0.1
     use_normal_dataset: bool = False
+    crop_sampling: str = "posneg"
 
     @property
     def spec(self) -> DatasetSpec:
@@ -226,6 +232,7 @@ def get_transforms(
     scale_intensity_prob: float = 0.1,
     shift_intensity_prob: float = 0.1,
     num_samples: int = CROPS_PER_VOLUME,
+    crop_sampling: str = "posneg",
 ) -> "Compose":
     """The release's dictionary transforms for ``image``/``label`` (see the module docstring).
 
@@ -241,6 +248,8 @@ def get_transforms(
         flip_prob, rotate90_prob, scale_intensity_prob, shift_intensity_prob:
             augmentation probabilities (train only).
         num_samples: crops per volume (train only).
+        crop_sampling: ``"posneg"`` (the release: crop centres on foreground and background
+            alike) or ``"classes"`` (centres on each of the dataset's classes alike).
 
     Returns:
         A ``monai.transforms.Compose``. Eval outputs ``image`` ``[C, H, W, D]`` and
@@ -268,6 +277,8 @@ def get_transforms(
             f"random 90-degree rotations swap H and W, so training needs --roi_x equal to --roi_y "
             f"(got {roi_size[0]} and {roi_size[1]}); use a square ROI in-plane or set --RandRotate90d_prob 0"
         )
+    if crop_sampling not in CROP_SAMPLINGS:
+        raise UserError(f"--crop_sampling must be one of {', '.join(CROP_SAMPLINGS)}, got {crop_sampling!r}")
     keys = list(KEYS)
 
     deterministic = [
@@ -295,18 +306,16 @@ def get_transforms(
     if mode == "eval":
         return mt.Compose(deterministic + [AddFileNamesd()])
 
+    if crop_sampling == "classes":
+        crop = mt.RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=roi_size,
+                                          num_classes=spec.num_classes, num_samples=num_samples, image_key="image",
+                                          image_threshold=0, warn=False)
+    else:
+        crop = mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=roi_size, pos=1, neg=1,
+                                         num_samples=num_samples, image_key="image", image_threshold=0)
     random = [
         mt.SpatialPadd(keys=keys, spatial_size=roi_size, mode="constant", value=0),
-        mt.RandCropByPosNegLabeld(
-            keys=keys,
-            label_key="label",
-            spatial_size=roi_size,
-            pos=1,
-            neg=1,
-            num_samples=num_samples,
-            image_key="image",
-            image_threshold=0,
-        ),
+        crop,
         mt.RandFlipd(keys=keys, prob=flip_prob, spatial_axis=0),
         mt.RandFlipd(keys=keys, prob=flip_prob, spatial_axis=1),
         mt.RandFlipd(keys=keys, prob=flip_prob, spatial_axis=2),
@@ -333,6 +342,7 @@ def build_transforms(settings: DataSettings, mode: str) -> "Compose":
         rotate90_prob=settings.rotate90_prob,
         scale_intensity_prob=settings.scale_intensity_prob,
         shift_intensity_prob=settings.shift_intensity_prob,
+        crop_sampling=settings.crop_sampling,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 
 from attacks import ATTACKS, AttackSettings, all_attack_options, get_attack_class
 from data.datasets import DATASETS, get_dataset
-from data.loading import DataSettings, split_for_mode
+from data.loading import CROP_SAMPLINGS, DataSettings, split_for_mode
 from networks import MODELS, PRECISIONS, ModelSettings, WindowSettings, get_model_entry, model_options
 from utils.distributed import LaunchSettings
 from utils.errors import EXIT_USER_ERROR, UserError
@@ -99,6 +99,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--RandScaleIntensityd_prob", default=0.1, type=float, help="random intensity scale probability")
     g.add_argument("--RandShiftIntensityd_prob", default=0.1, type=float, help="random intensity shift probability")
     g.add_argument("--use_normal_dataset", action="store_true", help="plain monai Dataset instead of CacheDataset")
+    g.add_argument("--crop_sampling", default="posneg", choices=CROP_SAMPLINGS,
+                   help="training crops: posneg (release: centred on foreground or background alike) or classes "
+                        "(centred on each class alike: small organs as often as the liver)")
 
 
 def add_pretrained_args(parser: argparse.ArgumentParser) -> None:
@@ -378,7 +381,7 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
         spacing=(args.space_x, args.space_y, args.space_z), roi=(args.roi_x, args.roi_y, args.roi_z),
         workers=args.workers, flip_prob=args.RandFlipd_prob, rotate90_prob=args.RandRotate90d_prob,
         scale_intensity_prob=args.RandScaleIntensityd_prob, shift_intensity_prob=args.RandShiftIntensityd_prob,
-        use_normal_dataset=args.use_normal_dataset,
+        use_normal_dataset=args.use_normal_dataset, crop_sampling=args.crop_sampling,
     )
 
 

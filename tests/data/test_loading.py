@@ -268,3 +268,25 @@ def test_check_case(as_tensor):
     label[0, 1, 1, 1] = 0.5
     with pytest.raises(UserError, match="case d: label values are not whole numbers"):
         check_case(image, label, 14, "d")
+
+
+def test_class_crop_sampling_centres_crops_on_small_organs(tiny_dataset, data_args):
+    """--crop_sampling classes: each of the 14 classes is a crop centre equally often, so the
+    smallest organ is in a crop far more often than under the release's pos/neg sampling."""
+    data_args.roi_x, data_args.roi_y, data_args.roi_z = 8, 8, 8
+    item = tiny_dataset.training[0]
+    volume = build_transforms(data_settings(data_args), "eval")(item)["label"]
+    counts = torch.bincount(volume.flatten().long(), minlength=14)
+    smallest = int(torch.where(counts > 0, counts, counts.max() + 1).argmin())
+
+    def share_with_smallest(sampling: str) -> float:
+        data_args.crop_sampling = sampling
+        transform = build_transforms(data_settings(data_args), "train")
+        transform.set_random_state(seed=0)
+        crops = [crop["label"] for _ in range(40) for crop in transform(item)]
+        return sum(bool((c == smallest).any()) for c in crops) / len(crops)
+
+    share_classes, share_posneg = share_with_smallest("classes"), share_with_smallest("posneg")
+    # a centre on the organ itself: at least 1/14 of the crops (its own turn), plus the neighbours'
+    assert share_classes >= 1 / 14
+    assert share_classes > 2 * share_posneg

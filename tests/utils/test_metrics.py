@@ -57,6 +57,19 @@ def test_dice_matches_numpy(seed):
     assert math.isnan(got[4])  # absent from the ground truth: NaN even though predicted
 
 
+def test_dice_equals_monai_dice_metric():
+    """The release's semantics: MONAI's Dice with the background, NaN for classes absent from the truth."""
+    from monai.metrics import compute_dice
+    from monai.networks.utils import one_hot
+
+    num_classes = 6
+    label = torch.from_numpy(random_labels(num_classes=num_classes - 1, seed=4))
+    pred = torch.from_numpy(random_labels(num_classes=num_classes, seed=5))
+    want = compute_dice(one_hot(pred[None, None], num_classes), one_hot(label[None, None], num_classes),
+                        include_background=True, ignore_empty=True)[0]
+    torch.testing.assert_close(dice_per_class(pred, label, num_classes), want.float(), equal_nan=True)
+
+
 def test_dice_accepts_batched_shapes_and_float_labels():
     label = random_labels()
     pred = random_labels(seed=3)
@@ -286,3 +299,26 @@ def test_cuda_inputs_give_the_cpu_numbers():
     )
     for key in cpu:
         np.testing.assert_allclose(np.asarray(gpu[key], dtype=float), np.asarray(cpu[key], dtype=float), rtol=1e-3, atol=1e-3)
+
+
+def test_hd95_equals_monai_on_the_whole_volume():
+    """The per-class crop before MONAI's call changes nothing: classes at the border, in the
+    prediction only, in the label only, single voxels, and absent ones."""
+    from monai.metrics import compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+
+    num_classes = 7
+    label = torch.zeros(20, 18, 12, dtype=torch.long)
+    label[0:6, 0:5, 0:4] = 1  # touches three borders
+    label[8:15, 6:12, 3:9] = 2
+    label[17:20, 14:18, 9:12] = 3  # touches the far borders
+    label[10, 2, 6] = 4  # a single voxel
+    pred = label.clone()
+    pred[9:16, 7:12, 2:9] = 2
+    pred[2:5, 1:3, 1:3] = 0
+    pred[0, 17, 0] = 5  # predicted only
+    pred[10, 2, 6] = 0  # class 4 missed
+    # class 6 nowhere
+    want = compute_hausdorff_distance(one_hot(pred[None, None], num_classes), one_hot(label[None, None], num_classes),
+                                      include_background=True, distance_metric="euclidean", percentile=95)[0]
+    torch.testing.assert_close(hd95_per_class(pred, label, num_classes), want.float(), equal_nan=True)
