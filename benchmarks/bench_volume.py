@@ -1,0 +1,247 @@
+"""Whole-volume attack throughput: seconds per volume, volumes per hour, and where the time goes.
+
+Runs ``generate_adv_samples.py`` itself (in this process) on phantom CT volumes of a
+Synapse-sized resampled grid (default 256 x 256 x 112 at 1.5 x 1.5 x 2 mm, so no
+resampling changes the size) with a UNETR of random weights, for each attack and
+``--precision``: loading, tiling into 96^3 ROI tiles, every attack step, stitching,
+sliding-window prediction of the clean and adversarial volumes, the metrics (Dice,
+HD95, SSIM, PSNR, LPIPS when its weights are cached) and the NIfTI writing — the whole
+per-case path of a real run.
+
+Timing: the network is wrapped so that its forward and backward passes are timed
+(device synchronised at their ends); everything else is "outside the model". The
+table reports the steady-state loop (from the first case's arrival to the last case's
+end) per volume, the share of it spent outside the model's passes, and its parts: the
+attack's own work (transforms, tiling, stitching), metrics, NIfTI writing, and waiting
+for the next case (zero when its loading overlapped the previous case: the evaluation
+loader prefetches with ``--workers`` > 0). Start-up (model, first case's loading) is
+printed apart.
+
+Examples::
+
+    python benchmarks/bench_volume.py                          # paper's UNETR, 20 steps (slow on CPU)
+    python benchmarks/bench_volume.py --small --steps 5        # a CPU-sized run
+    python benchmarks/bench_volume.py --device cuda --precisions fp32 bf16 fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.bench_attacks import device_name  # noqa: E402
+from benchmarks.common import benchmark_device  # noqa: E402
+
+ATTACKS = {
+    "pgd": ["--attack_name", "pgd", "--eps", "4", "--alpha", "0.01"],
+    "vafa-3d-32-ssim": ["--attack_name", "vafa-3d", "--q_max", "20", "--block_size", "32", "32", "32",
+                        "--use_ssim_loss"],
+}
+SPACING = (1.5, 1.5, 2.0)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--size", type=int, nargs=3, default=(256, 256, 112), metavar=("H", "W", "D"))
+    parser.add_argument("--cases", type=int, default=2, help="volumes (default 2: the second shows the overlap)")
+    parser.add_argument("--steps", type=int, default=20, help="attack steps (paper: 20)")
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=tuple(ATTACKS))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--compile", action="store_true", help="pass --compile to the runs")
+    parser.add_argument("--small", action="store_true", help="small UNETR (feature 8, hidden 96) instead of the paper's")
+    parser.add_argument("--attack_batch_size", type=int, default=6, help="tiles per attack call (release: 6)")
+    parser.add_argument("--workers", type=int, default=2, help="loader workers (default 2)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--out", default="bench_volume_output", help="folder for the data, weights and runs")
+    return parser.parse_args(argv)
+
+
+class _Clock:
+    """Seconds spent in the network's passes (forward, and backward from its output to its input)."""
+
+    def __init__(self, sync):
+        self.sync = sync
+        self.seconds = 0.0
+        self.backward_started = 0.0
+
+
+class _BackwardBegins(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, clock):  # noqa: D102
+        ctx.clock = clock
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        ctx.clock.sync()
+        ctx.clock.backward_started = time.perf_counter()
+        return grad, None
+
+
+class _BackwardEnds(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, clock):  # noqa: D102
+        ctx.clock = clock
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        ctx.clock.sync()
+        ctx.clock.seconds += time.perf_counter() - ctx.clock.backward_started
+        return grad, None
+
+
+class Timed(nn.Module):
+    """The network, with the time of its forward and backward passes added to ``clock``."""
+
+    def __init__(self, model: nn.Module, clock: _Clock):
+        super().__init__()
+        self.model = model
+        self.clock = clock
+
+    def forward(self, x):
+        self.clock.sync()
+        start = time.perf_counter()
+        if x.requires_grad:
+            x = _BackwardEnds.apply(x, self.clock)
+        out = self.model(x)
+        self.clock.sync()
+        self.clock.seconds += time.perf_counter() - start
+        return _BackwardBegins.apply(out, self.clock) if out.requires_grad else out
+
+
+@contextlib.contextmanager
+def instrumented(clock: _Clock, marks: dict):
+    """Time the model (``clock``) and the per-case phases (``marks``) of the evaluation loop."""
+    import engine.evaluation as evaluation
+    import utils.metrics as metrics
+
+    originals = (evaluation.load_trained_model, evaluation.check_case, evaluation.CaseEvaluator.evaluate,
+                 evaluation.CaseEvaluator.save, metrics.compute_case_metrics, evaluation.predict_volume)
+
+    def load(*args, **kwargs):
+        return Timed(originals[0](*args, **kwargs), clock)
+
+    def arrived(*args, **kwargs):
+        marks.setdefault("arrivals", []).append(time.perf_counter())
+        return originals[1](*args, **kwargs)
+
+    def timed(key, fn):
+        def wrapper(*args, **kwargs):
+            clock.sync()
+            start, model_before = time.perf_counter(), clock.seconds
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                clock.sync()
+                marks[key] = marks.get(key, 0.0) + time.perf_counter() - start
+                marks[f"{key}_model"] = marks.get(f"{key}_model", 0.0) + clock.seconds - model_before
+                if key == "evaluate":
+                    marks.setdefault("ends", []).append(time.perf_counter())
+        return wrapper
+
+    evaluation.load_trained_model = load
+    evaluation.check_case = arrived
+    evaluation.CaseEvaluator.evaluate = timed("evaluate", originals[2])
+    evaluation.CaseEvaluator.save = timed("save", originals[3])
+    metrics.compute_case_metrics = timed("metrics", originals[4])
+    evaluation.predict_volume = timed("predict", originals[5])
+    try:
+        yield
+    finally:
+        (evaluation.load_trained_model, evaluation.check_case, evaluation.CaseEvaluator.evaluate,
+         evaluation.CaseEvaluator.save, metrics.compute_case_metrics, evaluation.predict_volume) = originals
+
+
+def model_flags(small: bool) -> list[str]:
+    if small:
+        return ["--feature_size", "8", "--hidden_size", "96", "--mlp_dim", "192", "--num_heads", "4"]
+    return ["--feature_size", "16"]
+
+
+def prepare(args) -> tuple[str, str]:
+    """The phantom volumes and a checkpoint of random weights (both reused when present)."""
+    from data.phantom import write_phantom_dataset
+    from engine.cli import model_settings, parse_eval_args
+    from networks import save_checkpoint
+
+    data_dir = os.path.join(args.out, "data")
+    write_phantom_dataset(data_dir, n_train=1, n_val=args.cases, shape=tuple(args.size), spacing=SPACING, seed=0)
+    checkpoint = os.path.join(args.out, f"unetr_{'small' if args.small else 'paper'}.pt")
+    if not os.path.exists(checkpoint):
+        flags = parse_eval_args("", model_flags(args.small) + ["--data_dir", data_dir, "--pretrained_path", "x"],
+                                lambda a, p: None)
+        torch.manual_seed(0)
+        save_checkpoint({"state_dict": model_settings(flags).build().state_dict()}, checkpoint)
+    return data_dir, checkpoint
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import generate_adv_samples
+
+    args = parse_args(argv)
+    device, sync = benchmark_device(args.device, args.threads)
+    data_dir, checkpoint = prepare(args)
+    rows = []
+    for attack in args.attacks:
+        for precision in args.precisions:
+            run_dir = os.path.join(args.out, "runs", f"{attack}_{precision}")
+            argv_ = (model_flags(args.small) + ATTACKS[attack]
+                     + ["--steps", str(args.steps), "--precision", precision, "--device", str(device),
+                        "--data_dir", data_dir, "--json_list", "dataset.json", "--pretrained_path", checkpoint,
+                        "--gen_val_adv_mode", "--save_adv_images_dir", run_dir, "--no_sub_dir_adv_images",
+                        "--overwrite", "--workers", str(args.workers), "--attack_batch_size",
+                        str(args.attack_batch_size)]
+                     + (["--compile"] if args.compile else []))
+            clock, marks = _Clock(sync), {}
+            print(f"== {attack}, {precision}", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            with instrumented(clock, marks):
+                code = generate_adv_samples.main(argv_)
+            total = time.perf_counter() - start
+            if code:
+                return code
+            rows.append((attack, precision, total, clock.seconds, marks))
+
+    n = args.cases
+    print(f"device: {device_name(device)} ({device.type}); torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"model: {'small UNETR (feature 8, hidden 96)' if args.small else 'UNETR (paper: feature 16, hidden 768)'}, "
+          f"random weights; {n} volumes of {' x '.join(map(str, args.size))}; ROI 96^3 tiles, "
+          f"{args.attack_batch_size} per call; {args.steps} steps; overlap 0.5; --workers {args.workers}"
+          f"{'; --compile' if args.compile else ''}")
+    print()
+    print("| attack | precision | s / volume | volumes / hour | outside the model's passes | attack's own work "
+          "(transforms, tiling, stitching) | sliding-window bookkeeping | metrics | NIfTI writing | waiting for data "
+          "| start-up s (not per volume) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for attack, precision, total, model_seconds, marks in rows:
+        arrivals, ends = marks["arrivals"], marks["ends"]
+        loop = ends[-1] - arrivals[0]  # the model runs only inside the loop
+        waiting = sum(max(0.0, a - e) for a, e in zip(arrivals[1:], ends[:-1]))
+        attack_phase = loop - marks["evaluate"] - waiting
+        parts = {
+            "outside": loop - model_seconds,
+            "attack": attack_phase - (model_seconds - marks["evaluate_model"]),
+            "window": marks["predict"] - marks["predict_model"],
+            "metrics": marks.get("metrics", 0.0),
+            "save": marks.get("save", 0.0),
+            "waiting": waiting,
+        }
+        per_volume = loop / n
+        shares = " | ".join(f"{100 * parts[k] / loop:.1f} %" for k in parts)
+        print(f"| {attack} | {precision} | {per_volume:.1f} | {3600 / per_volume:.1f} | {shares} | {total - loop:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
