@@ -403,7 +403,8 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         attack=attack_settings(args), checkpoint=args.pretrained_path,
         split=split_for_mode(args.gen_train_adv_mode), max_cases=args.max_cases, run_dir=run_dir,
         adv_folder=adv_folder, save_dtype=args.save_dtype, save_figures=args.save_figures,
-        overwrite=args.overwrite, seed=args.seed, verbose=args.verbose, title=title,
+        overwrite=args.overwrite, seed=args.seed, verbose=args.verbose,
+        title=title + (f" [{args.precision} model passes]" if args.precision not in (None, "fp32") else ""),
         launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
         path_keys=PATH_FLAGS, defaults=dict(_DEFAULTS), precision=args.precision or "fp32", compile=args.compile,
     )

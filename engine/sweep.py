@@ -35,8 +35,12 @@ ATTACK_DEFAULTS = {
     "gn": ("--attack_name", "gn", "--std", "4"),
     "vafa-2d": ("--attack_name", "vafa-2d", "--q_max", "20", "--block_size", "8", "8"),
     "vafa-3d": ("--attack_name", "vafa-3d", "--q_max", "20", "--block_size", "8", "8", "8", "--use_ssim_loss"),
+    "segpgd": ("--attack_name", "segpgd", "--eps", "4"),
+    "cospgd": ("--attack_name", "cospgd", "--eps", "4"),
+    "apgd": ("--attack_name", "apgd", "--eps", "4"),
 }
-"""The paper's settings of each attack (voxel attacks at eps/std 4, VAFA at q_max 20 on 8-voxel blocks)."""
+"""The paper's settings of each attack (voxel attacks at eps/std 4, VAFA at q_max 20 on 8-voxel blocks), and the
+segmentation attacks of later work at the same eps."""
 
 RESERVED_FLAGS = ("--save_adv_images_dir", "--no_sub_dir_adv_images", "--debugging", "--adv_images_dir")
 """Flags the sweep sets itself (each cell's run folder)."""

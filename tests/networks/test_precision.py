@@ -14,7 +14,7 @@ from attacks import vafa as vafa_module
 from engine.losses import build_dice_ce
 from networks import MODELS, MixedPrecision, ModelEntry, with_precision
 from networks import precision as precision_module
-from tests.scripts.helpers import eval_flags
+from tests.scripts.helpers import eval_flags, run_main
 from utils.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,7 +41,7 @@ def build_probe(in_channels, out_channels, img_size):
 
 
 @pytest.mark.parametrize("flag, dtype", [(None, torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
-def test_the_flag_reaches_every_model_pass_of_a_run(monkeypatch, tiny_dataset, tmp_path, flag, dtype):
+def test_the_flag_reaches_every_model_pass_of_a_run(monkeypatch, tiny_dataset, tmp_path, capsys, flag, dtype):
     monkeypatch.setitem(MODELS, "probe", ModelEntry(build_probe))
     torch.manual_seed(0)
     checkpoint = str(tmp_path / "probe.pt")
@@ -57,6 +57,11 @@ def test_the_flag_reaches_every_model_pass_of_a_run(monkeypatch, tiny_dataset, t
     (path,) = (tmp_path / "out").glob("*/results.json")
     results = json.loads(path.read_text())
     assert results["args"]["precision"] == flag
+    if flag:
+        assert f"[{flag} model passes]" in capsys.readouterr().out
+        # the same folder under another precision is refused, not mixed
+        code, err = run_main(gen.main, [a for a in argv if a not in ("--precision", flag)], capsys)
+        assert code == 2 and "precision" in err
 
 
 def test_fp32_is_the_network_itself():
