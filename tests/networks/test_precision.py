@@ -144,3 +144,12 @@ def test_an_fp16_overflow_is_one_error_not_a_silent_inf(monkeypatch):
     labels = torch.randint(0, 3, (1, 1, 8, 8, 8)).float()
     with pytest.raises(UserError, match="overflowed float16"):
         _input_gradient(MixedPrecision(Probe(1, 3), "fp16"), x, labels)
+
+
+def test_compile_wraps_the_same_weights():
+    from networks import compiled
+
+    model = Probe()
+    assert compiled(model, False) is model
+    wrapped = compiled(model, True)  # compiles lazily, at the first call
+    assert wrapped is not model and wrapped._orig_mod is model
