@@ -101,6 +101,18 @@ class _BackwardEnds(torch.autograd.Function):
         return grad, None
 
 
+def _timed_call(fn, clock: _Clock, x, *rest):
+    """``fn(x, *rest)`` with its forward time, and its backward from the output to ``x``, added to ``clock``."""
+    clock.sync()
+    start = time.perf_counter()
+    if x.requires_grad:
+        x = _BackwardEnds.apply(x, clock)
+    out = fn(x, *rest)
+    clock.sync()
+    clock.seconds += time.perf_counter() - start
+    return _BackwardBegins.apply(out, clock) if out.requires_grad else out
+
+
 class Timed(nn.Module):
     """The network, with the time of its forward and backward passes added to ``clock``."""
 
@@ -110,24 +122,23 @@ class Timed(nn.Module):
         self.clock = clock
 
     def forward(self, x):
-        self.clock.sync()
-        start = time.perf_counter()
-        if x.requires_grad:
-            x = _BackwardEnds.apply(x, self.clock)
-        out = self.model(x)
-        self.clock.sync()
-        self.clock.seconds += time.perf_counter() - start
-        return _BackwardBegins.apply(out, self.clock) if out.requires_grad else out
+        return _timed_call(self.model, self.clock, x)
 
 
 @contextlib.contextmanager
-def instrumented(clock: _Clock, marks: dict):
-    """Time the model (``clock``) and the per-case phases (``marks``) of the evaluation loop."""
+def instrumented(clock: _Clock, loss_clock: _Clock, marks: dict):
+    """Time the model (``clock``), the attack's loss (``loss_clock``: forward, and backward to the
+    logits) and the per-case phases (``marks``) of the evaluation loop."""
     import engine.evaluation as evaluation
     import utils.metrics as metrics
 
     originals = (evaluation.load_trained_model, evaluation.check_case, evaluation.CaseEvaluator.evaluate,
-                 evaluation.CaseEvaluator.save, metrics.compute_case_metrics, evaluation.predict_volume)
+                 evaluation.CaseEvaluator.save, metrics.compute_case_metrics, evaluation.predict_volume,
+                 evaluation.build_dice_ce)
+
+    def loss(*args, **kwargs):
+        loss_fn = originals[6](*args, **kwargs)
+        return lambda logits, labels: _timed_call(loss_fn, loss_clock, logits, labels)
 
     def load(*args, **kwargs):
         return Timed(originals[0](*args, **kwargs), clock)
@@ -156,11 +167,13 @@ def instrumented(clock: _Clock, marks: dict):
     evaluation.CaseEvaluator.save = timed("save", originals[3])
     metrics.compute_case_metrics = timed("metrics", originals[4])
     evaluation.predict_volume = timed("predict", originals[5])
+    evaluation.build_dice_ce = loss
     try:
         yield
     finally:
         (evaluation.load_trained_model, evaluation.check_case, evaluation.CaseEvaluator.evaluate,
-         evaluation.CaseEvaluator.save, metrics.compute_case_metrics, evaluation.predict_volume) = originals
+         evaluation.CaseEvaluator.save, metrics.compute_case_metrics, evaluation.predict_volume,
+         evaluation.build_dice_ce) = originals
 
 
 def model_flags(small: bool) -> list[str]:
@@ -203,14 +216,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "--overwrite", "--workers", str(args.workers), "--attack_batch_size",
                         str(args.attack_batch_size)]
                      + (["--compile"] if args.compile else []))
-            clock, marks = _Clock(sync), {}
+            clock, loss_clock, marks = _Clock(sync), _Clock(sync), {}
             print(f"== {attack}, {precision}", file=sys.stderr, flush=True)
             start = time.perf_counter()
-            with instrumented(clock, marks):
+            with instrumented(clock, loss_clock, marks):
                 code = generate_adv_samples.main(argv_)
             total = time.perf_counter() - start
             if code:
                 return code
+            marks["loss"] = loss_clock.seconds
             rows.append((attack, precision, total, clock.seconds, marks))
 
     n = args.cases
@@ -220,10 +234,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{args.attack_batch_size} per call; {args.steps} steps; overlap 0.5; --workers {args.workers}"
           f"{'; --compile' if args.compile else ''}")
     print()
-    print("| attack | precision | s / volume | volumes / hour | outside the model's passes | attack's own work "
-          "(transforms, tiling, stitching) | sliding-window bookkeeping | metrics | NIfTI writing | waiting for data "
-          "| start-up s (not per volume) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| attack | precision | s / volume | volumes / hour | outside the model's passes | attack loss (Dice-CE, "
+          "forward and backward) | attack's own work (transforms, update, tiling, stitching) | sliding-window "
+          "bookkeeping | metrics | NIfTI writing | waiting for data | start-up s (not per volume) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for attack, precision, total, model_seconds, marks in rows:
         arrivals, ends = marks["arrivals"], marks["ends"]
         loop = ends[-1] - arrivals[0]  # the model runs only inside the loop
@@ -231,7 +245,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         attack_phase = loop - marks["evaluate"] - waiting
         parts = {
             "outside": loop - model_seconds,
-            "attack": attack_phase - (model_seconds - marks["evaluate_model"]),
+            "loss": marks["loss"],
+            "attack": attack_phase - (model_seconds - marks["evaluate_model"]) - marks["loss"],
             "window": marks["predict"] - marks["predict_model"],
             "metrics": marks.get("metrics", 0.0),
             "save": marks.get("save", 0.0),
