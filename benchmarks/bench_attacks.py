@@ -98,6 +98,15 @@ def build_unetr(size: Sequence[int], small: bool) -> torch.nn.Module:
     )
 
 
+def unetr_and_batch(args, device: torch.device) -> tuple:
+    """The UNETR of ``args.size``/``args.small`` (seed 0, eval mode) and a random batch of ``args.batch`` volumes."""
+    torch.manual_seed(0)
+    model = build_unetr(args.size, args.small).to(device).eval()
+    images = torch.rand(args.batch, 1, *args.size, device=device)
+    labels = torch.randint(0, N_CLASSES, (args.batch, 1, *args.size), device=device).float()
+    return model, images, labels
+
+
 def build_case(name: str, model: torch.nn.Module, loss_fn) -> Callable:
     spec = dict(CASES[name])
     if spec.pop("kind") == "pgd":
@@ -141,11 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device, sync = benchmark_device(args.device, args.threads)
 
-    torch.manual_seed(0)
-    model = build_unetr(args.size, args.small).to(device).eval()
+    model, images, labels = unetr_and_batch(args, device)
     loss_fn = build_dice_ce()
-    images = torch.rand(args.batch, 1, *args.size, device=device)
-    labels = torch.randint(0, N_CLASSES, (args.batch, 1, *args.size), device=device).float()
 
     cases = [c for c in args.cases if fits(c, args.size)]
     skipped = [c for c in args.cases if c not in cases]

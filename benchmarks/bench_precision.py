@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_attacks import N_CLASSES, build_case, build_unetr, device_name, time_cases  # noqa: E402
+from benchmarks.bench_attacks import build_case, device_name, time_cases, unetr_and_batch  # noqa: E402
 from benchmarks.common import benchmark_device  # noqa: E402
 from engine.losses import build_dice_ce  # noqa: E402
 from networks import PRECISIONS, compiled, with_precision  # noqa: E402
@@ -62,11 +62,8 @@ def input_gradient(model, images, labels, loss_fn) -> torch.Tensor:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device, sync = benchmark_device(args.device, args.threads)
-    torch.manual_seed(0)
-    network = build_unetr(args.size, args.small).to(device).eval()
+    network, images, labels = unetr_and_batch(args, device)
     loss_fn = build_dice_ce()
-    images = torch.rand(args.batch, 1, *args.size, device=device)
-    labels = torch.randint(0, N_CLASSES, (args.batch, 1, *args.size), device=device).float()
 
     variants = [(p, False) for p in args.precisions] + ([(p, True) for p in args.precisions] if args.compile else [])
     reference = input_gradient(network, images, labels, loss_fn)

@@ -75,30 +75,22 @@ class _Clock:
         self.backward_started = 0.0
 
 
-class _BackwardBegins(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, clock):  # noqa: D102
-        ctx.clock = clock
-        return y.view_as(y)
+class _Mark(torch.autograd.Function):
+    """Identity; in the backward pass, starts (on an output) or stops (on an input) ``clock``'s timer."""
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        ctx.clock.sync()
-        ctx.clock.backward_started = time.perf_counter()
-        return grad, None
-
-
-class _BackwardEnds(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, clock):  # noqa: D102
-        ctx.clock = clock
+    def forward(ctx, x, clock, starts):  # noqa: D102
+        ctx.clock, ctx.starts = clock, starts
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         ctx.clock.sync()
-        ctx.clock.seconds += time.perf_counter() - ctx.clock.backward_started
-        return grad, None
+        if ctx.starts:
+            ctx.clock.backward_started = time.perf_counter()
+        else:
+            ctx.clock.seconds += time.perf_counter() - ctx.clock.backward_started
+        return grad, None, None
 
 
 def _timed_call(fn, clock: _Clock, x, *rest):
@@ -106,11 +98,11 @@ def _timed_call(fn, clock: _Clock, x, *rest):
     clock.sync()
     start = time.perf_counter()
     if x.requires_grad:
-        x = _BackwardEnds.apply(x, clock)
+        x = _Mark.apply(x, clock, False)
     out = fn(x, *rest)
     clock.sync()
     clock.seconds += time.perf_counter() - start
-    return _BackwardBegins.apply(out, clock) if out.requires_grad else out
+    return _Mark.apply(out, clock, True) if out.requires_grad else out
 
 
 class Timed(nn.Module):

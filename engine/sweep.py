@@ -208,8 +208,9 @@ def grid(specs: Sequence[str], attack: str = "vafa-3d") -> Preset:
         cells.append(Cell(key=_slug(f"{name}_" + "_".join(f"{k}-{v}" for k, v in params.items() if k != "attack")),
                           label=label, attack=name, base=ATTACK_DEFAULTS[name], swept=swept,
                           params={"attack": name, **params}))
+    # the curve plot's axis: the first swept setting other than the attack (none: no curve)
     return Preset("grid", "Grid: " + " × ".join(f"{k} ({', '.join(v)})" for k, v in axes), "grid", tuple(cells),
-                  param=axes[0][0])
+                  param=next((key for key, _ in axes if key != "attack"), None))
 
 
 def build_preset(name: Optional[str], grid_specs: Sequence[str] = (), attack: str = "vafa-3d",

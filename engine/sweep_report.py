@@ -82,7 +82,10 @@ def models_table(preset: Preset, rows: Sequence[dict]) -> list[str]:
 def grid_table(preset: Preset, rows: Sequence[dict]) -> list[str]:
     """A user's grid: a row per cell with its values, and a Dice pivot when two settings are swept."""
     params = [k for k in rows[0] if k.startswith("param_")] if rows else []
-    lines = ["| " + " | ".join(p[len("param_"):] for p in params)
+    if len({r["attack"] for r in rows}) > 1:  # attacks swept too: a column of their own
+        params = ["attack"] + params
+    names = {p: p[len("param_"):] if p.startswith("param_") else p for p in params}
+    lines = ["| " + " | ".join(names[p] for p in params)
              + " | Dice clean | Dice ↓ adv | HD95 ↑ adv | LPIPS-sim ↑ | SSIM ↑ | voxel success % |",
              "|---" * (len(params) + 6) + "|"]
     for r in rows:
@@ -92,8 +95,8 @@ def grid_table(preset: Preset, rows: Sequence[dict]) -> list[str]:
     if len(params) == 2:
         first, second = params
         cols = list(dict.fromkeys(r[second] for r in rows))
-        lines += ["", f"Dice ↓ under attack, {first[6:]} (rows) × {second[6:]} (columns):", "",
-                  f"| {first[6:]} \\ {second[6:]} | " + " | ".join(str(c) for c in cols) + " |",
+        lines += ["", f"Dice ↓ under attack, {names[first]} (rows) × {names[second]} (columns):", "",
+                  f"| {names[first]} \\ {names[second]} | " + " | ".join(str(c) for c in cols) + " |",
                   "|---" * (len(cols) + 1) + "|"]
         for value in dict.fromkeys(r[first] for r in rows):
             cells = {r[second]: r for r in rows if r[first] == value}

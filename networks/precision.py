@@ -9,7 +9,7 @@ Half-precision input gradients: float16 has 5 exponent bits, and the gradient of
 averaged over a million voxels is ~1e-7 per logit, below float16's normal range; most of
 it would flush to zero inside the network and the attack would stall. Under ``fp16`` the
 wrapper therefore scales the gradient entering the network by a power of two (its
-largest logit gradient brought to ``2**8``) and divides it out at the input — exact in
+largest logit gradient brought to about 1) and divides it out at the input — exact in
 float32, so the input gradient keeps its value and only gains precision. bfloat16 has
 float32's exponent range and needs no scaling. Training steps use their own scaler
 (``torch.amp.GradScaler``, see :mod:`trainer`); the wrapper is for passes whose
@@ -30,8 +30,11 @@ from utils.errors import UserError
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """``--precision`` values and their autocast dtypes (``None``: no autocast)."""
 
-GRAD_PEAK = 2.0 ** 8
-"""Under ``fp16``, the largest logit gradient is scaled to about this value inside the network."""
+GRAD_PEAK = 1.0
+"""Under ``fp16``, the largest logit gradient is scaled to about this value inside the network:
+every logit gradient down to 6e-5 of the largest stays a normal float16, and the network may
+amplify the gradient 65504-fold on its way to the input before float16 overflows (at 2**8,
+SegPGD on the demo UNETR overflowed)."""
 
 
 def autocast_dtype(precision: str) -> Optional[torch.dtype]:

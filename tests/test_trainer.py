@@ -135,6 +135,18 @@ def test_noamp_with_a_half_precision_is_refused(capsys):
     assert "--noamp" in capsys.readouterr().err
 
 
+def test_fp16_training_scales_the_loss_on_any_device():
+    """float16 gradients underflow without loss scaling: the trainer's GradScaler is on under fp16."""
+    trainer = make_trainer(make_args("--precision", "fp16", "--lrschedule", "constant", "--optim_lr", "1e-3"),
+                           tiny_model(), torch.device("cpu"))
+    assert trainer.precision == "fp16" and trainer.scaler.is_enabled()
+    before = [p.detach().clone() for p in trainer.module.parameters()]
+    terms = trainer.train_step(fixed_batch())
+    assert math.isfinite(terms["loss"])
+    assert trainer.scaler.get_scale() > 1  # the loss was scaled up before backward
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.module.parameters()))
+
+
 def test_bf16_training_steps_run_the_model_in_bf16_and_the_attack_in_fp32_unless_asked():
     """The training passes follow --precision; the attack building X' too only when --precision is given."""
     seen = []

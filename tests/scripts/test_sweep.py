@@ -142,3 +142,23 @@ def test_scripts_have_help(capsys):
             _script(name).main(["--help"])
         assert exit_.value.code == 0
         assert "usage" in capsys.readouterr().out
+
+
+def test_a_grid_over_attacks_names_the_attack_in_its_table():
+    """``--grid attack=... --grid precision=...``: the attack is a column and the pivot's rows,
+    and the curve's axis is the other setting (the attack is no number to plot against)."""
+    from engine.sweep_report import grid_table
+
+    preset = sweep.build_preset(None, ["attack=pgd,gn", "precision=fp32,bf16"])
+    assert preset.param == "precision"
+    assert sweep.build_preset(None, ["attack=pgd,gn"]).param is None
+    rows = []
+    for cell, dice in zip(preset.cells, (70.0, 71.0, 74.0, 74.5)):
+        rows.append({"attack": cell.attack, **{f"param_{k}": v for k, v in cell.params.items() if k != "attack"},
+                     "dice_clean": 75.0, "dice_adv": dice, "hd95_adv": 1.0, "lpips_similarity": None,
+                     "ssim": 0.9, "success_rate": 1.0})
+    lines = grid_table(preset, rows)
+    assert lines[0].startswith("| attack | precision | Dice clean")
+    assert "| pgd | fp32 | 75.00 | 70.00 |" in "\n".join(lines)
+    assert "| attack \\ precision | fp32 | bf16 |" in lines
+    assert "| gn | 74.00 | 74.50 |" in lines
