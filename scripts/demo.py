@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     write_phantom_dataset(data_dir, n_train=6, n_val=2, shape=(96, 96, 48), spacing=(1.5, 1.5, 2.0), seed=0)
 
     checkpoint = os.path.join(model_dir, "model_best.pt")
-    precision = training_precision(args.precision, args.device)
+    precision = demo_precision(args.precision, args.device)
     print(f"\n== 2/3 train a small UNETR for {args.epochs} epochs ({precision}) -> {model_dir}", flush=True)
     if os.path.exists(checkpoint) and os.path.exists(os.path.join(model_dir, "metrics.csv")):
         print(f"(reusing {checkpoint})")
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def training_precision(choice: str, device: str | None) -> str:
+def demo_precision(choice: str, device: str | None) -> str:
     """``auto``: bf16 on a CUDA card that supports it or a CPU advertising bfloat16 instructions
     (AVX512-BF16, AMX), where it halves the step time; fp32 elsewhere (emulated bf16 is slower)."""
     import torch
@@ -110,10 +110,15 @@ def training_precision(choice: str, device: str | None) -> str:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            return cpu_precision(f.read())
     except OSError:
         return "fp32"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+
+
+def cpu_precision(cpuinfo: str) -> str:
+    """bf16 when ``/proc/cpuinfo``'s flags list native bfloat16 instructions, else fp32."""
+    flags = set(cpuinfo.split())
+    return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32"
 
 
 def _subdir(argv: list[str]) -> str:

@@ -35,6 +35,8 @@ def test_organ_table_has_clean_then_each_attack(demo):
 
 
 def test_explicit_precision_is_kept(demo):
-    assert demo.training_precision("fp32", "cpu") == "fp32"
-    assert demo.training_precision("bf16", "cpu") == "bf16"
-    assert demo.training_precision("auto", "cpu") in ("fp32", "bf16")
+    assert demo.demo_precision("fp32", "cpu") == "fp32"
+    assert demo.demo_precision("bf16", "cpu") == "bf16"
+    assert demo.cpu_precision("flags\t: fpu avx2 avx512f avx512_bf16 amx_tile\n") == "bf16"
+    assert demo.cpu_precision("flags\t: fpu amx_bf16\n") == "bf16"
+    assert demo.cpu_precision("flags\t: fpu avx2 avx512f avx512_vnni\n") == "fp32"  # emulated bf16 is slower
