@@ -12,10 +12,13 @@ Timing: the network is wrapped so that its forward and backward passes are timed
 (device synchronised at their ends); everything else is "outside the model". The
 table reports the steady-state loop (from the first case's arrival to the last case's
 end) per volume, the share of it spent outside the model's passes, and its parts: the
-attack's own work (transforms, tiling, stitching), metrics, NIfTI writing, and waiting
-for the next case (zero when its loading overlapped the previous case: the evaluation
-loader prefetches with ``--workers`` > 0). Start-up (model, first case's loading) is
-printed apart.
+attack's loss, the attack's own work (transforms, tiling, stitching), the sliding-window
+bookkeeping, the time the loop waits for the previous case's finishing (metrics, NIfTI
+writing and the case record; by default they run in a background thread while the next
+case is attacked, ``--serial`` finishes each case in the loop instead), and waiting for
+the next case's data. The finishing's own seconds per volume are printed apart: in the
+background they overlap the attack, and on a CPU they share its cores. Start-up (model,
+first case's loading) is printed apart too.
 
 Examples::
 
@@ -58,6 +61,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=tuple(ATTACKS))
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--compile", action="store_true", help="pass --compile to the runs")
+    parser.add_argument("--serial", action="store_true",
+                        help="pass --serial_cases: finish each case before the next (default: in the background)")
     parser.add_argument("--small", action="store_true", help="small UNETR (feature 8, hidden 96) instead of the paper's")
     parser.add_argument("--attack_batch_size", type=int, default=6, help="tiles per attack call (release: 6)")
     parser.add_argument("--workers", type=int, default=2, help="loader workers (default 2)")
@@ -120,52 +125,76 @@ class Timed(nn.Module):
 @contextlib.contextmanager
 def instrumented(clock: _Clock, loss_clock: _Clock, marks: dict):
     """Time the model (``clock``), the attack's loss (``loss_clock``: forward, and backward to the
-    logits) and the per-case phases (``marks``) of the evaluation loop."""
+    logits) and the per-case phases (``marks``) of the evaluation loop.
+
+    The loop's own thread attacks and predicts; handing a case to the finisher (``submit``, which
+    first waits for the previous case, and the final wait at the loop's end) is the part of the
+    case finishing that the loop waits for. The finishing itself (metrics, NIfTI writing) runs in
+    the finisher's thread by default, so it is timed apart, as work overlapped with the attack."""
     import engine.evaluation as evaluation
     import utils.metrics as metrics
 
-    originals = (evaluation.load_trained_model, evaluation.check_case, evaluation.CaseEvaluator.evaluate,
-                 evaluation.CaseEvaluator.save, metrics.compute_case_metrics, evaluation.predict_volume,
-                 evaluation.build_dice_ce)
-
-    def loss(*args, **kwargs):
-        loss_fn = originals[6](*args, **kwargs)
-        return lambda logits, labels: _timed_call(loss_fn, loss_clock, logits, labels)
-
-    def load(*args, **kwargs):
-        return Timed(originals[0](*args, **kwargs), clock)
-
-    def arrived(*args, **kwargs):
-        marks.setdefault("arrivals", []).append(time.perf_counter())
-        return originals[1](*args, **kwargs)
-
-    def timed(key, fn):
-        def wrapper(*args, **kwargs):
-            clock.sync()
-            start, model_before = time.perf_counter(), clock.seconds
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                clock.sync()
-                marks[key] = marks.get(key, 0.0) + time.perf_counter() - start
-                marks[f"{key}_model"] = marks.get(f"{key}_model", 0.0) + clock.seconds - model_before
-                if key == "evaluate":
-                    marks.setdefault("ends", []).append(time.perf_counter())
-        return wrapper
-
-    evaluation.load_trained_model = load
-    evaluation.check_case = arrived
-    evaluation.CaseEvaluator.evaluate = timed("evaluate", originals[2])
-    evaluation.CaseEvaluator.save = timed("save", originals[3])
-    metrics.compute_case_metrics = timed("metrics", originals[4])
-    evaluation.predict_volume = timed("predict", originals[5])
-    evaluation.build_dice_ce = loss
+    patched = {
+        (evaluation, "load_trained_model"): lambda fn: lambda *a, **k: Timed(fn(*a, **k), clock),
+        (evaluation, "build_dice_ce"): lambda fn: lambda *a, **k: _TimedLoss(fn(*a, **k), loss_clock),
+        (evaluation, "check_case"): lambda fn: _noting("arrivals", fn, marks),
+        (evaluation, "predict_volume"): lambda fn: _timed("predict", fn, marks, clock),
+        (evaluation.CaseFinisher, "submit"): lambda fn: _noting("handed", _timed("finish_wait", fn, marks, clock),
+                                                              marks, after=True),
+        (evaluation.CaseFinisher, "__exit__"): lambda fn: _noting("ends", _timed("finish_wait", fn, marks, clock),
+                                                                marks, after=True),
+        (evaluation.CaseEvaluator, "save"): lambda fn: _timed("save", fn, marks),
+        (metrics, "compute_case_metrics"): lambda fn: _timed("metrics", fn, marks),
+    }
+    originals = {key: getattr(*key) for key in patched}
+    for (owner, name), wrap in patched.items():
+        setattr(owner, name, wrap(originals[(owner, name)]))
     try:
         yield
     finally:
-        (evaluation.load_trained_model, evaluation.check_case, evaluation.CaseEvaluator.evaluate,
-         evaluation.CaseEvaluator.save, metrics.compute_case_metrics, evaluation.predict_volume,
-         evaluation.build_dice_ce) = originals
+        for (owner, name), fn in originals.items():
+            setattr(owner, name, fn)
+
+
+class _TimedLoss:
+    """The attack's loss, its forward and its backward to the logits added to ``clock``."""
+
+    def __init__(self, loss_fn, clock: _Clock):
+        self.loss_fn, self.clock = loss_fn, clock
+
+    def __call__(self, logits, labels):
+        return _timed_call(self.loss_fn, self.clock, logits, labels)
+
+
+def _noting(key: str, fn, marks: dict, after: bool = False):
+    """``fn``, appending the time of each call's start (or end, with ``after``) to ``marks[key]``."""
+    def wrapper(*args, **kwargs):
+        if not after:
+            marks.setdefault(key, []).append(time.perf_counter())
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if after:
+                marks.setdefault(key, []).append(time.perf_counter())
+    return wrapper
+
+
+def _timed(key: str, fn, marks: dict, clock: Optional[_Clock] = None):
+    """``fn``, adding its seconds to ``marks[key]`` (and, given the model's ``clock``, the model's
+    seconds within it to ``marks[key + "_model"]``; only for calls on the loop's own thread)."""
+    def wrapper(*args, **kwargs):
+        if clock is not None:
+            clock.sync()
+            model_before = clock.seconds
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if clock is not None:
+                clock.sync()
+                marks[f"{key}_model"] = marks.get(f"{key}_model", 0.0) + clock.seconds - model_before
+            marks[key] = marks.get(key, 0.0) + time.perf_counter() - start
+    return wrapper
 
 
 def model_flags(small: bool) -> list[str]:
@@ -207,7 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "--gen_val_adv_mode", "--save_adv_images_dir", run_dir, "--no_sub_dir_adv_images",
                         "--overwrite", "--workers", str(args.workers), "--attack_batch_size",
                         str(args.attack_batch_size)]
-                     + (["--compile"] if args.compile else []))
+                     + (["--compile"] if args.compile else []) + (["--serial_cases"] if args.serial else []))
             clock, loss_clock, marks = _Clock(sync), _Clock(sync), {}
             print(f"== {attack}, {precision}", file=sys.stderr, flush=True)
             start = time.perf_counter()
@@ -226,27 +255,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{args.attack_batch_size} per call; {args.steps} steps; overlap 0.5; --workers {args.workers}"
           f"{'; --compile' if args.compile else ''}")
     print()
-    print("| attack | precision | s / volume | volumes / hour | outside the model's passes | attack loss (Dice-CE, "
-          "forward and backward) | attack's own work (transforms, update, tiling, stitching) | sliding-window "
-          "bookkeeping | metrics | NIfTI writing | waiting for data | start-up s (not per volume) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| attack | precision | finishing | s / volume | volumes / hour | outside the model's passes | attack "
+          "loss (Dice-CE, forward and backward) | attack's own work (transforms, update, tiling, stitching) | "
+          "sliding-window bookkeeping | waiting for the previous case's finishing | waiting for data | metrics "
+          "(s / volume) | NIfTI writing (s / volume) | start-up s (not per volume) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for attack, precision, total, model_seconds, marks in rows:
-        arrivals, ends = marks["arrivals"], marks["ends"]
+        arrivals, ends, handed = marks["arrivals"], marks["ends"], marks["handed"]
         loop = ends[-1] - arrivals[0]  # the model runs only inside the loop
-        waiting = sum(max(0.0, a - e) for a, e in zip(arrivals[1:], ends[:-1]))
-        attack_phase = loop - marks["evaluate"] - waiting
+        waiting = sum(max(0.0, a - h) for a, h in zip(arrivals[1:], handed[:-1]))
+        attack_phase = loop - marks["predict"] - marks["finish_wait"] - waiting
         parts = {
             "outside": loop - model_seconds,
             "loss": marks["loss"],
-            "attack": attack_phase - (model_seconds - marks["evaluate_model"]) - marks["loss"],
+            "attack": attack_phase - (model_seconds - marks["predict_model"]) - marks["loss"],
             "window": marks["predict"] - marks["predict_model"],
-            "metrics": marks.get("metrics", 0.0),
-            "save": marks.get("save", 0.0),
+            "finish_wait": marks["finish_wait"],
             "waiting": waiting,
         }
         per_volume = loop / n
         shares = " | ".join(f"{100 * parts[k] / loop:.1f} %" for k in parts)
-        print(f"| {attack} | {precision} | {per_volume:.1f} | {3600 / per_volume:.1f} | {shares} | {total - loop:.1f} |")
+        print(f"| {attack} | {precision} | {'in the loop' if args.serial else 'background'} | {per_volume:.1f} | "
+              f"{3600 / per_volume:.1f} | {shares} | {marks.get('metrics', 0.0) / n:.1f} | "
+              f"{marks.get('save', 0.0) / n:.1f} | {total - loop:.1f} |")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 import os
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,9 @@ class EvalJob:
         defaults: every flag's default (a key an older ``args.json`` lacks counts as its default).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the model's passes (attack and prediction).
         compile: ``torch.compile`` the model.
+        overlap: finish each case (metrics, saved files, its record) in a background thread
+            while the next case is attacked; ``False`` finishes it before the next one starts.
+            The numbers are the same either way.
     """
 
     model: ModelSettings
@@ -85,6 +89,7 @@ class EvalJob:
     defaults: Mapping = field(default_factory=dict)
     precision: str = "fp32"
     compile: bool = False
+    overlap: bool = True
 
     @property
     def tag(self) -> str:
@@ -170,32 +175,43 @@ class CaseEvaluator:
         )
         bar = tqdm(zip(todo, loader), total=len(todo), desc="cases", unit="case",
                    disable=not dist_utils.is_main_process())
-        for (index, item), data in bar:
-            dist_utils.check_stop()  # a safe point: the previous case is complete on disk
-            name = case_name(item)
-            bar.set_postfix_str(name)
-            started = time.perf_counter()
-            image = plain_tensor(data["image"]).unsqueeze(0).to(self.device)  # [1, C, H, W, D]
-            label = plain_tensor(data["label"]).unsqueeze(0).to(self.device)  # [1, 1, H, W, D]
-            check_case(image[0], label[0], self.num_classes, name)
-            affine = getattr(data["image"], "affine", None)
-            affine = np.eye(4) if affine is None else np.asarray(affine.cpu() if torch.is_tensor(affine) else affine)
-            adv, extra = make_adv(item, image, label, index)
-            results[name] = self.evaluate(name, label_name(item), image, adv, label, affine, extra)
-            logger.info(
-                "%s: Dice clean %.2f adv %.2f | HD95 clean %.2f adv %.2f | success %.2f%% | %.1fs",
-                name, results[name]["dice_clean"], results[name]["dice_adv"],
-                _nan(results[name]["hd95_clean"]), _nan(results[name]["hd95_adv"]),
-                results[name]["success_rate"], time.perf_counter() - started,
-            )
+        with CaseFinisher(self.job.overlap, self.device) as finisher:
+            for (index, item), data in bar:
+                dist_utils.check_stop()  # a safe point: every earlier case is complete on disk once it is handled
+                name = case_name(item)
+                bar.set_postfix_str(name)
+                started = time.perf_counter()
+                image = plain_tensor(data["image"]).unsqueeze(0).to(self.device)  # [1, C, H, W, D]
+                label = plain_tensor(data["label"]).unsqueeze(0).to(self.device)  # [1, 1, H, W, D]
+                check_case(image[0], label[0], self.num_classes, name)
+                affine = getattr(data["image"], "affine", None)
+                affine = np.eye(4) if affine is None else np.asarray(affine.cpu() if torch.is_tensor(affine) else affine)
+                adv, extra = make_adv(item, image, label, index)
+                predictions = self.predict(image, adv)
+                finisher.submit(self._finish, results, started, name, label_name(item), image, adv, label,
+                                predictions, affine, extra)
         return results
 
+    def predict(self, image: torch.Tensor, adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sliding-window class predictions ``[1, 1, H, W, D]`` of the clean and the adversarial volume."""
+        return predict_volume(self.model, image, self.job.window), predict_volume(self.model, adv, self.job.window)
+
+    def _finish(self, results: dict, started: float, name: str, lbl_name: str, image, adv, label, predictions,
+                affine, extra) -> None:
+        results[name] = case = self.evaluate(name, lbl_name, image, adv, label, affine, extra, predictions)
+        logger.info(
+            "%s: Dice clean %.2f adv %.2f | HD95 clean %.2f adv %.2f | success %.2f%% | %.1fs",
+            name, case["dice_clean"], case["dice_adv"], _nan(case["hd95_clean"]), _nan(case["hd95_adv"]),
+            case["success_rate"], time.perf_counter() - started,
+        )
+
     def evaluate(self, name: str, lbl_name: str, image: torch.Tensor, adv: torch.Tensor, label: torch.Tensor,
-                 affine: np.ndarray, extra: Optional[Mapping] = None) -> dict:
+                 affine: np.ndarray, extra: Optional[Mapping], predictions: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        """One case's metrics from its two predictions, its saved files and its finished-case
+        record (written last); returns the case's report entry."""
         from utils.metrics import compute_case_metrics
 
-        pred_clean = predict_volume(self.model, image, self.job.window)
-        pred_adv = predict_volume(self.model, adv, self.job.window)
+        pred_clean, pred_adv = predictions
         metrics = compute_case_metrics(
             image[0, 0], adv[0, 0], label[0, 0], pred_clean[0, 0], pred_adv[0, 0],
             num_classes=self.num_classes, lpips=self.lpips,
@@ -226,6 +242,51 @@ class CaseEvaluator:
         save_nifti(os.path.join(root, f"labels{tag}Clean", lbl_name),
                    labels.astype(np.uint8 if labels.max() < 256 else np.int16), affine)
         save_nifti(os.path.join(root, f"images{tag}Adv", f"adv_{name}"), volume_to_array(adv[0, 0], dtype), affine)
+
+
+class CaseFinisher:
+    """Finishes cases (``submit(fn, *args)`` runs ``fn(*args)``) one at a time, in order.
+
+    With ``background``, in one worker thread, at most one case behind the caller: case i's
+    metrics (HD95 and the rest run on the CPU) and file writing overlap case i+1's attack on
+    the accelerator, and a case's error surfaces at the next ``submit`` or at the end. The
+    block's exit waits for the pending case, also when an error or a stop signal leaves the
+    loop, so that every case handed over is complete on disk. The worker inherits the
+    caller's torch thread count and is given its CUDA device, so its numbers equal those of an
+    inline run.
+    """
+
+    def __init__(self, background: bool, device: torch.device) -> None:
+        self._pool = None
+        if background:
+            on_cuda = device.type == "cuda" and device.index is not None
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="case-finisher",
+                                            initializer=torch.cuda.set_device if on_cuda else None,
+                                            initargs=(device,) if on_cuda else ())
+        self._pending: Optional[Future] = None
+
+    def submit(self, fn: Callable, *args) -> None:
+        self.wait()
+        if self._pool is None:
+            fn(*args)
+        else:
+            self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        """Block until the pending case is finished; raise its error, if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> "CaseFinisher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
 
 def _nan(value):
