@@ -61,6 +61,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=tuple(ATTACKS))
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--compile", action="store_true", help="pass --compile to the runs")
+    parser.add_argument("--fused", action="store_true", help="pass --fused_dice_ce (the attack's loss fused)")
     parser.add_argument("--serial", action="store_true",
                         help="pass --serial_cases: finish each case before the next (default: in the background)")
     parser.add_argument("--small", action="store_true", help="small UNETR (feature 8, hidden 96) instead of the paper's")
@@ -236,7 +237,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "--gen_val_adv_mode", "--save_adv_images_dir", run_dir, "--no_sub_dir_adv_images",
                         "--overwrite", "--workers", str(args.workers), "--attack_batch_size",
                         str(args.attack_batch_size)]
-                     + (["--compile"] if args.compile else []) + (["--serial_cases"] if args.serial else []))
+                     + (["--compile"] if args.compile else []) + (["--serial_cases"] if args.serial else [])
+                     + (["--fused_dice_ce"] if args.fused else []))
             clock, loss_clock, marks = _Clock(sync), _Clock(sync), {}
             print(f"== {attack}, {precision}", file=sys.stderr, flush=True)
             start = time.perf_counter()
@@ -253,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"model: {'small UNETR (feature 8, hidden 96)' if args.small else 'UNETR (paper: feature 16, hidden 768)'}, "
           f"random weights; {n} volumes of {' x '.join(map(str, args.size))}; ROI 96^3 tiles, "
           f"{args.attack_batch_size} per call; {args.steps} steps; overlap 0.5; --workers {args.workers}"
-          f"{'; --compile' if args.compile else ''}")
+          f"{'; --compile' if args.compile else ''}{'; --fused_dice_ce' if args.fused else ''}")
     print()
     print("| attack | precision | finishing | s / volume | volumes / hour | outside the model's passes | attack "
           "loss (Dice-CE, forward and backward) | attack's own work (transforms, update, tiling, stitching) | "

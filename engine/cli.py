@@ -136,6 +136,9 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
                         "float32). Default: fp32 for attacks and inference; training: the release's mixed precision "
                         "(fp16 with a gradient scaler on CUDA, fp32 on CPU, fp32 everywhere with --noamp)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (pays a one-off compile time)")
+    g.add_argument("--fused_dice_ce", action="store_true",
+                   help="the Dice-CE of attacks and training from one softmax with a written-out gradient: about "
+                        "2x faster on a CPU, same formula, other float rounding than the release's MONAI DiceCELoss")
 
 
 def add_eval_output_args(parser: argparse.ArgumentParser) -> None:
@@ -407,10 +410,11 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         split=split_for_mode(args.gen_train_adv_mode), max_cases=args.max_cases, run_dir=run_dir,
         adv_folder=adv_folder, save_dtype=args.save_dtype, save_figures=args.save_figures,
         overwrite=args.overwrite, seed=args.seed, verbose=args.verbose,
-        title=title + (f" [{args.precision} model passes]" if args.precision not in (None, "fp32") else ""),
+        title=title + (f" [{args.precision} model passes]" if args.precision not in (None, "fp32") else "")
+        + (" [fused Dice-CE]" if args.fused_dice_ce and adv_folder is None else ""),
         launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
         path_keys=PATH_FLAGS, defaults=dict(_DEFAULTS), precision=args.precision or "fp32", compile=args.compile,
-        overlap=not args.serial_cases,
+        overlap=not args.serial_cases, fused_loss=args.fused_dice_ce,
     )
 
 
@@ -485,6 +489,7 @@ def training_job(args: argparse.Namespace):
                             max_epochs=args.max_epochs),
         mode=mode, batch_size=args.batch_size, max_epochs=args.max_epochs, val_every=args.val_every,
         amp=not args.noamp, precision=args.precision, compile=args.compile, smooth_nr=args.smooth_nr, smooth_dr=args.smooth_dr,
+        fused_loss=args.fused_dice_ce,
         freq_reg_norm=args.freq_reg_norm, freq_reg_weight=args.freq_reg_weight,
         val_attack=args.val_attack, val_attack_cases=args.val_attack_cases,
         save_checkpoint=args.save_checkpoint, run_dir=run_dir, resume_from=checkpoint,

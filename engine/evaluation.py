@@ -65,6 +65,7 @@ class EvalJob:
         overlap: finish each case (metrics, saved files, its record) in a background thread
             while the next case is attacked; ``False`` finishes it before the next one starts.
             The numbers are the same either way.
+        fused_loss: the attack's Dice-CE is :class:`engine.losses.FusedDiceCE` (``--fused_dice_ce``).
     """
 
     model: ModelSettings
@@ -90,6 +91,7 @@ class EvalJob:
     precision: str = "fp32"
     compile: bool = False
     overlap: bool = True
+    fused_loss: bool = False
 
     @property
     def tag(self) -> str:
@@ -384,7 +386,7 @@ def _run_job(job: EvalJob, device: torch.device, prepare: Callable[[nn.Module], 
 def _run_generation(job: EvalJob, device: torch.device) -> dict:
     def prepare(model: nn.Module) -> MakeAdv:
         logger.info("generating adversarial %s cases under %s", job.split, job.attack.summary())
-        attack = job.attack.build(model, build_dice_ce())
+        attack = job.attack.build(model, build_dice_ce(fused=job.fused_loss))
 
         def make_adv(item, image, label, index):
             seed_everything(job.seed + index)  # per case: sharded runs equal one-process runs

@@ -47,6 +47,7 @@ class TrainingJob:
         precision: ``--precision`` (``None``: the release's mixed precision for the training
             passes, fp32 for the attack's).
         compile: ``torch.compile`` the network (training passes and attack).
+        fused_loss: Dice-CE as :class:`engine.losses.FusedDiceCE` (``--fused_dice_ce``).
         Other fields as :class:`trainer.TrainerConfig`.
     """
 
@@ -64,6 +65,7 @@ class TrainingJob:
     compile: bool = False
     smooth_nr: float = 0.0
     smooth_dr: float = 1e-6
+    fused_loss: bool = False
     freq_reg_norm: str = "relative"
     freq_reg_weight: float = 1.0
     val_attack: bool = False
@@ -113,7 +115,7 @@ def build_trainer(job: TrainingJob, model: nn.Module, device: torch.device, **lo
     """
     # a deep-supervision list (UNETR++ --unetrpp_deep_supervision) is weighted over its resolutions;
     # a single output goes to Dice-CE unchanged
-    loss_fn = DeepSupervisionLoss(build_dice_ce(job.smooth_nr, job.smooth_dr))
+    loss_fn = DeepSupervisionLoss(build_dice_ce(job.smooth_nr, job.smooth_dr, fused=job.fused_loss))
     optimizer = build_optimizer(job.optim, model.parameters())
     # the attack runs on the bare network (no DDP hooks during its gradients), in --precision
     # (fp32 unless given: the release attacked in full precision)

@@ -218,6 +218,18 @@ def test_build_trainer_picks_the_class_from_the_flags():
     assert type(vaft) is tr.VAFTTrainer
 
 
+def test_fused_dice_ce_flag_reaches_training_and_its_attack():
+    from monai.losses import DiceCELoss
+
+    from engine.losses import FusedDiceCE
+
+    model = tiny_model()
+    for flags, kind in (((), DiceCELoss), (("--fused_dice_ce",), FusedDiceCE)):
+        vaft = make_trainer(make_args("--adv_training_mode", "--freq_reg_mode", *flags), model, torch.device("cpu"))
+        assert type(vaft.loss_fn.loss) is kind
+        assert vaft.attack.loss_fn is vaft.loss_fn
+
+
 @pytest.mark.parametrize("flags", [(), ("--adv_training_mode", "--freq_reg_mode", "--attack_name", "gn")],
                          ids=["normal", "vaft"])
 def test_train_step_lowers_the_loss_on_a_fixed_batch(flags):

@@ -172,6 +172,24 @@ def test_other_settings_in_the_same_folder_are_refused(pgd_run, capsys):
     assert (run_dir / "results.json").exists()
 
 
+def test_fused_dice_ce_is_named_and_part_of_the_run(pgd_run, tmp_path, monkeypatch, capsys):
+    import engine.evaluation as evaluation
+    from engine.losses import FusedDiceCE
+
+    argv, args, run_dir = pgd_run
+    code, err = run_main(gen.main, argv + ["--fused_dice_ce"], capsys)  # same folder, other loss
+    assert code == 2 and "fused_dice_ce" in err and "Traceback" not in err
+    losses = []
+    build = evaluation.build_dice_ce
+    monkeypatch.setattr(evaluation, "build_dice_ce", lambda **kw: losses.append(build(**kw)) or losses[-1])
+    other = list(argv)
+    other[other.index("--save_adv_images_dir") + 1] = str(tmp_path)
+    other[other.index("--max_cases") + 1] = "1"
+    assert gen.main(other + ["--fused_dice_ce"]) == 0
+    out = capsys.readouterr().out
+    assert [type(loss) for loss in losses] == [FusedDiceCE] and "[fused Dice-CE]" in out
+
+
 def test_inference_on_saved_samples_matches_generation(pgd_run, capsys):
     argv, args, run_dir = pgd_run
     flags = argv[: argv.index("--save_adv_images_dir")] + [
