@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from engine.evaluation import CaseFinisher
+from engine.evaluation import CaseFinisher, finishes_in_background
 
 CPU = torch.device("cpu")
 
@@ -75,3 +75,10 @@ def test_leaving_the_loop_on_an_error_still_finishes_the_handed_over_case():
             threading.Timer(0.2, gate.set).start()
             raise KeyboardInterrupt  # a stop signal while the next case is attacked
     assert done == ["case 0 on disk"]
+
+
+def test_auto_finishes_in_the_background_only_beside_an_accelerator():
+    assert not finishes_in_background("auto", torch.device("cpu"))
+    assert finishes_in_background("auto", torch.device("cuda", 1))
+    assert finishes_in_background("background", torch.device("cpu"))
+    assert not finishes_in_background("inline", torch.device("cuda"))

@@ -134,16 +134,23 @@ def test_results_agree_with_direct_recomputation(pgd_run, tiny_dataset, checkpoi
         assert np.abs(np.asarray(adv.dataobj) - data["image"][0].numpy()).max() <= 8 / 255 + 1e-5
 
 
-def test_background_finishing_equals_finishing_each_case_first(pgd_run, tmp_path):
-    # the default finishes case i (metrics, files, record) in a thread while case i+1 is
-    # attacked; --serial_cases finishes it first: the same numbers and files either way
+def test_background_finishing_equals_finishing_each_case_first(pgd_run, tmp_path, monkeypatch):
+    import engine.evaluation as evaluation
+
+    # --finish_cases background finishes case i (metrics, files, record) in a thread while
+    # case i+1 is attacked; inline (the default on a CPU) finishes it first: same numbers and files
     argv, args, run_dir = pgd_run
-    serial = list(argv)
-    serial[serial.index("--save_adv_images_dir") + 1] = str(tmp_path)
-    assert gen.main(serial + ["--serial_cases"]) == 0
+    modes = []
+    finisher = evaluation.CaseFinisher
+    monkeypatch.setattr(evaluation, "CaseFinisher", lambda background, device: modes.append(background) or
+                        finisher(background, device))
+    other_argv = list(argv)
+    other_argv[other_argv.index("--save_adv_images_dir") + 1] = str(tmp_path)
+    assert gen.main(other_argv + ["--finish_cases", "background"]) == 0
+    assert modes == [True]
     other = tmp_path / run_dir.name
-    background = json.loads((run_dir / "results.json").read_text())
-    inline = json.loads((other / "results.json").read_text())
+    inline = json.loads((run_dir / "results.json").read_text())
+    background = json.loads((other / "results.json").read_text())
     assert background["per_case"] == inline["per_case"] and background["overall"] == inline["overall"]
     assert list(background["per_case"]) == list(inline["per_case"])
     for name in background["per_case"]:
