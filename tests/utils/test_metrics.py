@@ -323,4 +323,11 @@ def test_hd95_equals_monai_on_the_whole_volume():
         want = compute_hausdorff_distance(one_hot(pred[None, None], num_classes),
                                           one_hot(label[None, None], num_classes),
                                           include_background=True, distance_metric="euclidean", percentile=95)[0]
-    torch.testing.assert_close(hd95_per_class(pred, label, num_classes), want.float(), equal_nan=True)
+    for threads in (1, 3):  # the classes spread over threads: same numbers, in class order
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            got = hd95_per_class(pred, label, num_classes)
+        finally:
+            torch.set_num_threads(previous)
+        torch.testing.assert_close(got, want.float(), equal_nan=True)
