@@ -224,6 +224,7 @@ def prepare(args) -> tuple[str, str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import generate_adv_samples
+    from engine.evaluation import finishes_in_background
 
     args = parse_args(argv)
     device, sync = benchmark_device(args.device, args.threads)
@@ -278,8 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         }
         per_volume = loop / n
         shares = " | ".join(f"{100 * parts[k] / loop:.1f} %" for k in parts)
-        finishing = args.finish_cases if args.finish_cases != "auto" else (
-            "background" if device.type != "cpu" else "inline")
+        finishing = "background" if finishes_in_background(args.finish_cases, device) else "inline"
         print(f"| {attack} | {precision} | {finishing} | {per_volume:.1f} | "
               f"{3600 / per_volume:.1f} | {shares} | {marks.get('metrics', 0.0) / n:.1f} | "
               f"{marks.get('save', 0.0) / n:.1f} | {total - loop - marks['drain']:.1f} | {marks['drain']:.1f} |")

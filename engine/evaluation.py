@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -192,7 +192,7 @@ class CaseEvaluator:
                 affine = np.eye(4) if affine is None else np.asarray(affine.cpu() if torch.is_tensor(affine) else affine)
                 adv, extra = make_adv(item, image, label, index)
                 predictions = self.predict(image, adv)
-                finisher.submit(self._finish, results, started, name, label_name(item), image, adv, label,
+                finisher.submit(self.finish, results, started, name, label_name(item), image, adv, label,
                                 predictions, affine, extra)
         return results
 
@@ -200,19 +200,11 @@ class CaseEvaluator:
         """Sliding-window class predictions ``[1, 1, H, W, D]`` of the clean and the adversarial volume."""
         return predict_volume(self.model, image, self.job.window), predict_volume(self.model, adv, self.job.window)
 
-    def _finish(self, results: dict, started: float, name: str, lbl_name: str, image, adv, label, predictions,
-                affine, extra) -> None:
-        results[name] = case = self.evaluate(name, lbl_name, image, adv, label, affine, extra, predictions)
-        logger.info(
-            "%s: Dice clean %.2f adv %.2f | HD95 clean %.2f adv %.2f | success %.2f%% | %.1fs",
-            name, case["dice_clean"], case["dice_adv"], _nan(case["hd95_clean"]), _nan(case["hd95_adv"]),
-            case["success_rate"], time.perf_counter() - started,
-        )
-
-    def evaluate(self, name: str, lbl_name: str, image: torch.Tensor, adv: torch.Tensor, label: torch.Tensor,
-                 affine: np.ndarray, extra: Optional[Mapping], predictions: tuple[torch.Tensor, torch.Tensor]) -> dict:
-        """One case's metrics from its two predictions, its saved files and its finished-case
-        record (written last); returns the case's report entry."""
+    def finish(self, results: dict, started: float, name: str, lbl_name: str, image: torch.Tensor,
+               adv: torch.Tensor, label: torch.Tensor, predictions: tuple[torch.Tensor, torch.Tensor],
+               affine: np.ndarray, extra: Optional[Mapping]) -> None:
+        """One case's metrics from its two predictions into ``results[name]``, its saved files,
+        its finished-case record (written last) and its log line."""
         from utils.metrics import compute_case_metrics
 
         pred_clean, pred_adv = predictions
@@ -237,7 +229,12 @@ class CaseEvaluator:
                     dice_clean=case["dice_clean"], dice_adv=case["dice_adv"],
                 )
             write_json(self.case_file(name), case)  # written last: marks the case finished
-        return case
+        results[name] = case
+        logger.info(
+            "%s: Dice clean %.2f adv %.2f | HD95 clean %.2f adv %.2f | success %.2f%% | %.1fs",
+            name, case["dice_clean"], case["dice_adv"], _nan(case["hd95_clean"]), _nan(case["hd95_adv"]),
+            case["success_rate"], time.perf_counter() - started,
+        )
 
     def save(self, name: str, lbl_name: str, image, adv, label, affine) -> None:
         root, tag, dtype = self.run_dir, self.job.tag, self.job.save_dtype
