@@ -112,7 +112,9 @@ class APGD(Attack):
     ``x_{k+1} = Proj(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1}))``,
 
     and the step sizes follow :class:`StepSizeSchedule` (halve and restart from the
-    highest-loss point). ``f`` is the per-sample loss ``loss`` (:data:`attacks.seg_losses.APGD_LOSSES`),
+    highest-loss point). After a restart the momentum term is ``x_best - x_k``, the move from the
+    point the abandoned step started at to the restart point, as in the paper's Algorithm 1 and the
+    authors' ``autopgd_base.py`` (the abandoned step ``x_{k+1} - x_k`` is dropped). ``f`` is the per-sample loss ``loss`` (:data:`attacks.seg_losses.APGD_LOSSES`),
     minus the loss towards the target when targeted. ``N`` steps evaluate ``N + 1`` points.
 
     Each sample of the batch returns its own best iterate: the one where the prediction
@@ -179,8 +181,8 @@ class APGD(Attack):
             a = 1.0 if k == 0 else MOMENTUM
             eta = _per_sample(schedule.eta, images).to(images.dtype)
             z = project(adv + eta * direction(grad, self.norm), images, rad, self.norm)
-            new = project(adv + a * (z - adv) + (1 - a) * momentum, images, rad, self.norm)
-            momentum, adv = new - adv, new
+            previous = adv
+            adv = project(adv + a * (z - adv) + (1 - a) * momentum, images, rad, self.norm)
             f, grad, logits = self.evaluate(adv, labels)
             rates.append(self.fooled_fraction(logits, labels))
             score = tile_score(logits, labels, self.targeted)
@@ -192,6 +194,7 @@ class APGD(Attack):
             grad_best = torch.where(_per_sample(improved, grad), grad, grad_best)
             adv = torch.where(_per_sample(restart, adv), x_best, adv)
             grad = torch.where(_per_sample(restart, grad), grad_best, grad)
+            momentum = adv - previous  # after a restart x_best - x_k, not the abandoned step
             etas.append(schedule.eta.clone())
         self.success_rate = torch.stack(rates).tolist()
         self.best_score, self.eta_trace = out_score, torch.stack(etas)

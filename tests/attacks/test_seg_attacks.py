@@ -191,6 +191,67 @@ def test_apgd_step_size_and_restarts_follow_a_hand_computed_trace():
     assert schedule.best.tolist() == [20.0, 0.0, 10.0, 18.0]
 
 
+def test_apgd_momentum_after_a_restart_follows_the_authors_loop(monkeypatch):
+    """Scripted gradients and restarts: APGD's iterates equal a loop written as in the authors'
+    ``autopgd_base.py``, where the momentum after a restart is ``x_best - x_k`` (not the abandoned step)."""
+    steps, eps = 6, 0.1
+    gen = torch.Generator().manual_seed(3)
+    images = torch.rand((2, 1, 3, 3, 2), generator=gen, dtype=torch.float64) * 0.6 + 0.2
+    grads = [torch.randn(images.shape, generator=gen, dtype=torch.float64) for _ in range(steps + 1)]
+    improved_script = {1: [True, True], 2: [True, False], 3: [False, True], 4: [False, False], 5: [True, True],
+                       6: [False, False]}
+    restart_script = {3: [True, False], 4: [False, True], 6: [True, True]}
+
+    class Scripted:
+        def __init__(self, n, eta, loss):
+            self.eta, self.k = eta.clone(), 0
+
+        def observe(self, loss):
+            self.k += 1
+            improved = torch.tensor(improved_script[self.k])
+            restart = torch.tensor(restart_script.get(self.k, [False, False]))
+            self.eta = torch.where(restart, self.eta / 2, self.eta)
+            return improved, restart
+
+    seen = []
+
+    class Recording(APGD):
+        def evaluate(self, adv, labels):
+            seen.append(adv.clone())
+            logits = torch.zeros((adv.shape[0], N_CLASSES) + adv.shape[2:], dtype=adv.dtype)
+            return torch.zeros(adv.shape[0], dtype=adv.dtype), grads[len(seen) - 1], logits
+
+    monkeypatch.setattr("attacks.apgd.StepSizeSchedule", Scripted)
+    labels = torch.zeros((2, 1) + images.shape[2:], dtype=images.dtype)
+    Recording(make_model(), build_dice_ce(), eps=eps, steps=steps, loss="ce")(images, labels)
+
+    def clip(x):
+        return torch.min(torch.max(x, images - eps), images + eps).clamp(0, 1)
+
+    x = x_old = seen[0]
+    grad, x_best, grad_best = grads[0], seen[0], grads[0]
+    eta = torch.full((2, 1, 1, 1, 1), 2 * eps, dtype=torch.float64)
+    expected = [x]
+    for i in range(steps):
+        grad2, x_old = x - x_old, x  # the authors' momentum: where x stands now minus where the last step began
+        a = 1.0 if i == 0 else 0.75
+        z = clip(x + eta * grad.sign())
+        x = clip(x + (z - x) * a + grad2 * (1 - a))
+        expected.append(x)
+        grad = grads[i + 1]
+        for b in range(2):
+            if improved_script[i + 1][b]:
+                x_best, grad_best = x_best.clone(), grad_best.clone()
+                x_best[b], grad_best[b] = x[b], grad[b]
+            if restart_script.get(i + 1, [False, False])[b]:
+                eta[b] /= 2
+                x, grad = x.clone(), grad.clone()
+                x[b], grad[b] = x_best[b], grad_best[b]
+    assert len(seen) == steps + 1
+    for k, (got, want) in enumerate(zip(seen, expected)):
+        assert torch.allclose(got, want, atol=1e-12), f"iterate {k}"
+
+
 def test_apgd_returns_each_samples_worst_prediction():
     images, labels = make_batch((3, 1, 8, 8, 8))
     model = make_model()
