@@ -26,6 +26,7 @@ from networks import MODELS, PRECISIONS, ModelSettings, WindowSettings, get_mode
 from utils.distributed import LaunchSettings
 from utils.errors import EXIT_USER_ERROR, UserError
 from utils.io import to_jsonable
+from utils.logs import setup_logging  # noqa: F401  (the scripts' logging, re-exported for them)
 from utils.options import add_options, option_values
 
 logger = logging.getLogger(__name__)
@@ -502,29 +503,6 @@ def training_job(args: argparse.Namespace):
 
 
 # --------------------------------------------------------------------------- running a script
-
-
-def setup_logging(log_file: str | None = None, verbose: bool = False) -> None:
-    """Log to stderr and, when given, append to ``log_file`` (the run folder's ``log.out``)."""
-    from utils.distributed import rank_and_world
-
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_vafa", False):
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    rank, world = rank_and_world()
-    tag = f" [rank {rank}/{world}]" if world > 1 else ""  # several processes share one console
-    fmt = logging.Formatter(f"%(asctime)s{tag} %(levelname)s %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="a"))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        handler._vafa = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
 
 
 def run_cli(main_fn: Callable, job, prog: str) -> int:

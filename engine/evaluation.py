@@ -346,7 +346,7 @@ def load_trained_model(settings: ModelSettings, checkpoint: str, device: torch.d
 
 def _start(job: EvalJob, held: contextlib.ExitStack) -> None:
     """Logging and the run folder (locked until ``held`` closes), once this process is in its group."""
-    from engine.cli import setup_logging
+    from utils.logs import setup_logging
 
     log_file = os.path.join(job.run_dir, "log.out") if job.run_dir and dist_utils.is_main_process() else None
     setup_logging(log_file, job.verbose)

@@ -192,7 +192,7 @@ def _log_header(job: TrainingJob, device: torch.device, world: int) -> None:
 
 def _train_process(job: TrainingJob, device: torch.device) -> TrainingResult:
     """One process of a run (the only one, or one rank)."""
-    from engine.cli import setup_logging
+    from utils.logs import setup_logging
 
     rank, world = dist_utils.rank_and_world()
     check_folders(job)

@@ -237,7 +237,7 @@ def run_transfer(job: TransferJob) -> dict:
     Raises:
         UserError: bad models (:func:`check_models`) or a cell that fails.
     """
-    from engine.cli import setup_logging
+    from utils.logs import setup_logging
 
     check_models(job.models)
     os.makedirs(job.out_dir, exist_ok=True)
