@@ -12,7 +12,8 @@ from .apgd import APGD
 from .base import Attack, LossFn, attack_labels
 from .cospgd import CosPGD
 from .ensemble import WorstCase
-from .registry import ATTACKS, AttackSettings, all_attack_options, attack_options, build_attack, get_attack_class
+from .registry import (ATTACKS, AttackSettings, all_attack_options, attack_options, build_attack, get_attack_class,
+                       preset_flags)
 from .segpgd import SegPGD
 from .tiling import attack_volume, tile_slices
 from .vafa import VAFA, VAFA2D, VAFA3D
@@ -38,6 +39,7 @@ __all__ = [
     "attack_labels",
     "attack_options",
     "attack_volume",
+    "preset_flags",
     "build_attack",
     "get_attack_class",
     "tile_slices",

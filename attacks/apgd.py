@@ -143,6 +143,7 @@ class APGD(Attack):
 
     name = "apgd"
     options = (STEPS, EPS, LOSS, NORM, TARGETED)
+    presets = {"eps": 4}  # the voxel attacks' budget of the paper's Table 1
     folder_format = "apgd_{loss}_{norm}_eps_{eps}_i_{steps}"
     summary_format = "APGD: loss={loss}, norm={norm}, eps={eps}/255, steps={steps}, targeted={targeted}"
 

@@ -52,12 +52,18 @@ class Attack:
         folder_format: ``str.format`` pattern of the run-folder name over the option
             values as typed, plus ``block`` (block sides joined by ``x``).
         summary_format: the same for the one-line description in logs and tables.
+        presets: the paper's setting of the attack (option values as typed, e.g. ``{"eps": 4}``):
+            what sweeps and tables start from before the user's overrides.
+        block_sides: sides of the attack's DCT blocks (3 for 3D blocks, 2 per slice, 0 without
+            blocks): a sweep's ``block_size=8`` means a cube or a square by this.
     """
 
     name: ClassVar[str] = ""
     options: ClassVar[Tuple[Option, ...]] = ()
     folder_format: ClassVar[str] = ""
     summary_format: ClassVar[str] = ""
+    presets: ClassVar[Mapping[str, Any]] = {}
+    block_sides: ClassVar[int] = 0
 
     def __init__(self, model: nn.Module, loss_fn: Optional[LossFn], targeted: bool = False):
         self.model = model

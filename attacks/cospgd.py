@@ -25,6 +25,7 @@ class CosPGD(SteppedPGD):
 
     name = "cospgd"
     options = (STEPS, ALPHA, EPS, NORM, RANDOM_START, TARGETED)
+    presets = {"eps": 4}  # the voxel attacks' budget of the paper's Table 1
     folder_format = "cospgd_{norm}_alpha_{alpha}_eps_{eps}_i_{steps}"
     summary_format = ("CosPGD: norm={norm}, alpha={alpha}, eps={eps}/255, steps={steps}, "
                       "random_start={random_start}, targeted={targeted}")

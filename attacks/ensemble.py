@@ -89,6 +89,7 @@ class WorstCase(Attack):
 
     name = "worst-case"
     options = (MEMBERS_OPTION, STEPS, ALPHA, EPS, NORM, TARGETED)
+    presets = {"eps": 4}  # the voxel attacks' budget of the paper's Table 1
     folder_format = "worst_case_{members}_{norm}_eps_{eps}_i_{steps}"
     summary_format = "worst case of {members}: norm={norm}, eps={eps}/255, steps={steps}, targeted={targeted}"
 

@@ -49,6 +49,23 @@ def all_attack_options() -> list[Option]:
     return collect_options(cls.options for cls in ATTACKS.values())
 
 
+def preset_flags(name: str) -> tuple:
+    """The command-line flags of attack ``name`` at its paper setting (:attr:`Attack.presets`).
+
+    ``preset_flags("vafa-2d") == ("--attack_name", "vafa-2d", "--q_max", "20", "--block_size", "8", "8")``;
+    a switch is present when true and left out when false.
+    """
+    flags: tuple = ("--attack_name", name)
+    for key, value in get_attack_class(name).presets.items():
+        if isinstance(value, bool):
+            flags += (f"--{key}",) if value else ()
+        elif isinstance(value, (tuple, list)):
+            flags += (f"--{key}", *(str(v) for v in value))
+        else:
+            flags += (f"--{key}", str(value))
+    return flags
+
+
 def build_attack(name: str, model: Optional[nn.Module], loss_fn: Optional[LossFn], **cfg) -> Attack:
     """Build the attack registered as ``name`` from constructor values (``eps`` in [0, 1] units).
 

@@ -33,6 +33,7 @@ class SegPGD(SteppedPGD):
 
     name = "segpgd"
     options = (STEPS, ALPHA, EPS, RANDOM_START, TARGETED)
+    presets = {"eps": 4}  # the voxel attacks' budget of the paper's Table 1
     folder_format = "segpgd_alpha_{alpha}_eps_{eps}_i_{steps}"
     summary_format = "SegPGD: alpha={alpha}, eps={eps}/255, steps={steps}, random_start={random_start}, targeted={targeted}"
 

@@ -352,6 +352,8 @@ class VAFA3D(VAFA):
     folder_format = "vafa_q_max_{q_max}_i_{steps}_3d_dct_{block}_use_ssim_loss_{use_ssim_loss}"
     summary_format = ("VAFA-3D: q_max={q_max}, q_min={q_min}, steps={steps}, block_size={block_size}, "
                       "use_ssim_loss={use_ssim_loss}, targeted={targeted}")
+    presets = {"q_max": 20, "block_size": (8, 8, 8), "use_ssim_loss": True}  # the paper's Table 1
+    block_sides = 3
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, block_size: Sequence[int] = (8, 8, 8), **kwargs):
         if len(tuple(block_size)) != 3:
@@ -365,6 +367,8 @@ class VAFA2D(VAFA):
     name = "vafa-2d"
     folder_format = "vafa_q_max_{q_max}_i_{steps}_2d_dct_{block}"
     summary_format = "VAFA-2D: q_max={q_max}, q_min={q_min}, steps={steps}, block_size={block_size}, targeted={targeted}"
+    presets = {"q_max": 20, "block_size": (8, 8)}  # the paper's Table 1
+    block_sides = 2
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, block_size: Sequence[int] = (8, 8), **kwargs):
         if len(tuple(block_size)) != 2:

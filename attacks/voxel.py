@@ -58,6 +58,7 @@ class PGD(Attack):
 
     name = "pgd"
     options = (STEPS, ALPHA, EPS, TARGETED)
+    presets = {"eps": 4}  # the paper's Table 1: eps 4 of 255
     folder_format = "pgd_alpha_{alpha}_eps_{eps}_i_{steps}"
     summary_format = "PGD: alpha={alpha}, eps={eps}/255, steps={steps}, targeted={targeted}"
 
@@ -141,6 +142,7 @@ class FGSM(Attack):
 
     name = "fgsm"
     options = (EPS, TARGETED)
+    presets = {"eps": 4}
     folder_format = "fgsm_eps_{eps}"
     summary_format = "FGSM: eps={eps}/255, targeted={targeted}"
 
@@ -172,6 +174,7 @@ class GaussianNoise(Attack):
 
     name = "gn"
     options = (STD,)
+    presets = {"std": 4}
     folder_format = "gn_std_{std}"
     summary_format = "GN: std={std}/255"
 

@@ -2,7 +2,7 @@
 
 A sweep is a list of :class:`Cell` s (one attack configuration each, and for Table 6 one
 checkpoint). Every cell is a ``generate_adv_samples.py`` run: its command line is built
-from the user's data/model flags, the preset's attack defaults, the user's overrides and
+from the user's data/model flags, the attack's paper setting (its class's ``presets``), the user's overrides and
 the cell's swept values (later flags win), parsed and checked by :mod:`engine.cli`, and
 run by :func:`engine.evaluation.run_generation` into ``OUT/runs/<cell>/<attack folder>``.
 A cell whose ``results.json`` was written with the same arguments is reused, so a killed
@@ -22,25 +22,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
+from attacks import ATTACKS, get_attack_class, preset_flags
 from engine import cli, paper_tables
 from utils.errors import UserError
 from utils.io import read_json, to_jsonable
 
 logger = logging.getLogger(__name__)
-
-ATTACK_DEFAULTS = {
-    "pgd": ("--attack_name", "pgd", "--eps", "4"),
-    "fgsm": ("--attack_name", "fgsm", "--eps", "4"),
-    "bim": ("--attack_name", "bim", "--eps", "4"),
-    "gn": ("--attack_name", "gn", "--std", "4"),
-    "vafa-2d": ("--attack_name", "vafa-2d", "--q_max", "20", "--block_size", "8", "8"),
-    "vafa-3d": ("--attack_name", "vafa-3d", "--q_max", "20", "--block_size", "8", "8", "8", "--use_ssim_loss"),
-    "segpgd": ("--attack_name", "segpgd", "--eps", "4"),
-    "cospgd": ("--attack_name", "cospgd", "--eps", "4"),
-    "apgd": ("--attack_name", "apgd", "--eps", "4"),
-}
-"""The paper's settings of each attack (voxel attacks at eps/std 4, VAFA at q_max 20 on 8-voxel blocks), and the
-segmentation attacks of later work at the same eps."""
 
 RESERVED_FLAGS = ("--save_adv_images_dir", "--no_sub_dir_adv_images", "--debugging", "--adv_images_dir")
 """Flags the sweep sets itself (each cell's run folder)."""
@@ -95,13 +82,13 @@ class Preset:
 
 def _attack_cell(label: str, attack: str, *extra: str, key: Optional[str] = None, **params) -> Cell:
     key = key or _slug(label)
-    return Cell(key=key, label=label, attack=attack, base=ATTACK_DEFAULTS[attack], swept=tuple(extra),
+    return Cell(key=key, label=label, attack=attack, base=preset_flags(attack), swept=tuple(extra),
                 params={"attack": attack, **params})
 
 
 def _curve(name: str, title: str, param: str, values: Sequence, flags: Callable, paper: Mapping) -> Preset:
     cells = tuple(Cell(key=f"vafa-3d_{param}_{v}", label=f"{param}={v}", attack="vafa-3d",
-                       base=ATTACK_DEFAULTS["vafa-3d"], swept=tuple(flags(v)), params={param: v}) for v in values)
+                       base=preset_flags("vafa-3d"), swept=tuple(flags(v)), params={param: v}) for v in values)
     return Preset(name, title, "curve", cells, param=param, paper=paper)
 
 
@@ -180,11 +167,12 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
 
 
 def _value_flags(key: str, value: str, attack: str) -> tuple:
-    """Flags of one grid value; ``block_size`` takes ``8`` (a cube, or square for vafa-2d) or ``8x8x4``."""
+    """Flags of one grid value; ``block_size`` takes ``8`` (a cube, or a square for an attack with 2-sided
+    blocks: :attr:`attacks.base.Attack.block_sides`) or ``8x8x4``."""
     if key in ("block_size", "block"):
         sides = value.split("x")
         if len(sides) == 1:
-            sides = sides * (2 if attack == "vafa-2d" else 3)
+            sides = sides * (get_attack_class(attack).block_sides or 3)
         return ("--block_size", *sides)
     if value.lower() in ("true", "false"):  # a switch: only its presence counts
         return (f"--{key}",) if value.lower() == "true" else ()
@@ -198,15 +186,15 @@ def grid(specs: Sequence[str], attack: str = "vafa-3d") -> Preset:
     for combo in itertools.product(*(values for _, values in axes)):
         params = dict(zip((key for key, _ in axes), combo))
         name = params.get("attack", attack)
-        if name not in ATTACK_DEFAULTS:
-            raise UserError(f"--grid attack: unknown attack {name!r}; one of {', '.join(ATTACK_DEFAULTS)}")
+        if name not in ATTACKS:
+            raise UserError(f"--grid attack: unknown attack {name!r}; one of {', '.join(ATTACKS)}")
         swept: tuple = ()
         for key, value in params.items():
             if key != "attack":
                 swept += _value_flags(key, value, name)
         label = ", ".join(f"{k}={v}" for k, v in params.items())
         cells.append(Cell(key=_slug(f"{name}_" + "_".join(f"{k}-{v}" for k, v in params.items() if k != "attack")),
-                          label=label, attack=name, base=ATTACK_DEFAULTS[name], swept=swept,
+                          label=label, attack=name, base=preset_flags(name), swept=swept,
                           params={"attack": name, **params}))
     # the curve plot's axis: the first swept setting other than the attack (none: no curve)
     return Preset("grid", "Grid: " + " × ".join(f"{k} ({', '.join(v)})" for k, v in axes), "grid", tuple(cells),

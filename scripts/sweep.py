@@ -26,7 +26,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.sweep import ATTACK_DEFAULTS, PRESETS, RESERVED_FLAGS, SweepSettings, build_preset  # noqa: E402
+from attacks import ATTACKS  # noqa: E402
+from engine.sweep import PRESETS, RESERVED_FLAGS, SweepSettings, build_preset  # noqa: E402
 from utils.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def parse_args(argv=None):
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="a swept attack flag (repeat for a product); key 'attack' sweeps attacks, "
                              "block_size takes 8 or 8x8x4")
-    parser.add_argument("--attack", default="vafa-3d", choices=tuple(ATTACK_DEFAULTS), help="the grid's attack")
+    parser.add_argument("--attack", default="vafa-3d", choices=tuple(ATTACKS), help="the grid's attack")
     parser.add_argument("--models", nargs="+", default=[], metavar="NAME=CHECKPOINT",
                         help="table6: the (robust) checkpoints to attack")
     parser.add_argument("--out", required=True, help="output folder")

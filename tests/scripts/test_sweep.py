@@ -162,3 +162,47 @@ def test_a_grid_over_attacks_names_the_attack_in_its_table():
     assert "| pgd | fp32 | 75.00 | 70.00 |" in "\n".join(lines)
     assert "| attack \\ precision | fp32 | bf16 |" in lines
     assert "| gn | 74.00 | 74.50 |" in lines
+
+
+def test_a_registered_toy_attack_sweeps_from_its_own_presets(flags, tmp_path, monkeypatch, capsys, one_thread):
+    """Registering an attack (one registry entry) is all a grid over attacks needs: its class's presets are the
+    cell's base flags, and worst-case sweeps like any other attack."""
+    import torch
+
+    from attacks import ATTACKS, Attack
+    from attacks.options import EPS
+
+    class Toy(Attack):
+        """Adds +eps to every voxel (then clamps into [0, 1])."""
+
+        name = "toy-shift"
+        options = (EPS,)
+        folder_format = "toy_shift_eps_{eps}"
+        summary_format = "toy shift: eps={eps}/255"
+        presets = {"eps": 2}
+
+        def __init__(self, model, loss_fn, *, eps: float):
+            super().__init__(model, loss_fn)
+            self.eps = eps
+
+        def forward(self, images, labels):
+            return (images + self.eps).clamp(0, 1)
+
+    monkeypatch.setitem(ATTACKS, "toy-shift", Toy)
+    preset = sweep.build_preset(None, ["attack=toy-shift,worst-case"])
+    assert [c.base for c in preset.cells] == [("--attack_name", "toy-shift", "--eps", "2"),
+                                              ("--attack_name", "worst-case", "--eps", "4")]
+    argv = ["--grid", "attack=toy-shift,worst-case", "--steps", "1", "--out", str(tmp_path), *flags]
+    code, err = run_main(_script("sweep").main, argv, capsys)
+    assert code == 0, err
+    cells = json.loads((tmp_path / "sweep.json").read_text())["cells"]
+    assert [c["status"] for c in cells] == ["done", "done"]
+    toy_run = next((tmp_path / "runs").glob("toy-shift/toy_shift_eps_2*"))  # named by its folder_format, preset eps
+    import nibabel as nib
+    import numpy as np
+
+    adv, clean = (np.asarray(nib.load(str(next((toy_run / d).glob("*.nii.gz")))).dataobj).astype(float)
+                  for d in ("imagesTsAdv", "imagesTsClean"))
+    moved = (adv - clean)[clean <= 252]  # saved as uint8 x 255: +2/255 is +2, give or take the rounding of both
+    assert moved.size and moved.min() >= 1 and moved.max() <= 3
+    assert any((tmp_path / "runs").glob("worst-case*/worst_case_*"))
