@@ -10,10 +10,9 @@ import torch.nn as nn
 from utils.options import Option
 
 from .base import Attack, LossFn
-from .options import EPS, NORM, STEPS, TARGETED
+from .options import EPS, NORM, STEPS, TARGETED, non_negative, positive_int
 from .projection import check_norm, direction, project, radius, random_start
 from .seg_losses import APGD_LOSSES, per_sample_loss, tile_score
-from .voxel import _non_negative, _positive_int
 
 MOMENTUM = 0.75
 """Weight ``a`` of the new step against the previous one (``a = 1`` at the first step)."""
@@ -150,8 +149,8 @@ class APGD(Attack):
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, eps: float, steps: int, loss: str = "dice-ce",
                  norm: str = "linf", targeted: bool = False):
         super().__init__(model, loss_fn, targeted)
-        self.eps = _non_negative("eps", eps)
-        self.steps = _positive_int("steps", steps)
+        self.eps = non_negative("eps", eps)
+        self.steps = positive_int("steps", steps)
         if loss not in APGD_LOSSES:
             raise ValueError(f"unknown APGD loss {loss!r}; valid: {', '.join(APGD_LOSSES)}")
         self.loss = loss

@@ -12,12 +12,12 @@ from utils.options import Option
 from .apgd import APGD
 from .base import Attack, LossFn
 from .cospgd import CosPGD
-from .options import ALPHA, EPS, NORM, STEPS, TARGETED
+from .options import ALPHA, EPS, NORM, STEPS, TARGETED, non_negative, positive_int
 from .projection import check_norm
 from .seg_losses import APGD_LOSSES, tile_score
 from .segpgd import SegPGD
 from .vafa import VAFA3D
-from .voxel import PGD, _non_negative, _positive_int
+from .voxel import PGD
 
 Builder = Callable[..., Attack]
 
@@ -105,8 +105,8 @@ class WorstCase(Attack):
         if len(set(attacks)) != len(attacks):
             raise ValueError(f"worst-case members must differ, got {list(attacks)}")
         self.attacks = attacks
-        self.eps, self.alpha = _non_negative("eps", eps), _non_negative("alpha", alpha)
-        self.steps, self.norm = _positive_int("steps", steps), check_norm(norm)
+        self.eps, self.alpha = non_negative("eps", eps), non_negative("alpha", alpha)
+        self.steps, self.norm = positive_int("steps", steps), check_norm(norm)
         self.members = [MEMBERS[a](model, loss_fn, eps=self.eps, alpha=self.alpha, steps=self.steps,
                                    norm=self.norm, targeted=self.targeted) for a in attacks]
         self.winner: Optional[torch.Tensor] = None

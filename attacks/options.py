@@ -8,6 +8,8 @@ nowhere else.
 
 from __future__ import annotations
 
+import math
+
 from utils.options import Option
 
 from .projection import NORMS
@@ -25,3 +27,19 @@ TARGETED = Option("targeted", bool, False, "targeted attack towards --target_cla
 NORM = Option("norm", str, "linf", "threat model of cospgd/apgd/worst-case: linf, or l2 (radius eps*sqrt(C*H*W*D) "
               "per tile)", choices=NORMS)
 RANDOM_START = Option("random_start", bool, False, "segpgd/cospgd: start from a uniform random point of the ball")
+
+
+def non_negative(name: str, value: float) -> float:
+    """``value`` as a float, checked finite and >= 0 (an attack constructor's check; ``ValueError`` names it)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
+def positive_int(name: str, value: int) -> int:
+    """``value`` as an int, checked whole and >= 1 (``ValueError`` names it)."""
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value}")
+    return int(value)

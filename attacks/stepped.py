@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 
 from .base import Attack, LossFn
+from .options import non_negative, positive_int
 from .projection import check_norm, direction, project, radius, random_start
-from .voxel import _non_negative, _positive_int
 
 
 class SteppedPGD(Attack):
@@ -38,9 +38,9 @@ class SteppedPGD(Attack):
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, eps: float, alpha: float, steps: int,
                  norm: str = "linf", random_start: bool = False, targeted: bool = False):
         super().__init__(model, loss_fn, targeted)
-        self.eps = _non_negative("eps", eps)
-        self.alpha = _non_negative("alpha", alpha)
-        self.steps = _positive_int("steps", steps)
+        self.eps = non_negative("eps", eps)
+        self.alpha = non_negative("alpha", alpha)
+        self.steps = positive_int("steps", steps)
         self.norm = check_norm(norm)
         self.random_start = bool(random_start)
 

@@ -6,7 +6,6 @@ gives ``--eps`` and ``--std`` on the [0, 255] scale and divides by 255.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -14,21 +13,7 @@ import torch.nn as nn
 
 
 from .base import Attack, LossFn
-from .options import ALPHA, EPS, STD, STEPS, TARGETED
-
-
-def _non_negative(name: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(value)
-
-
-def _positive_int(name: str, value: int) -> int:
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value}")
-    return int(value)
+from .options import ALPHA, EPS, STD, STEPS, TARGETED, non_negative, positive_int
 
 
 class PGD(Attack):
@@ -74,9 +59,9 @@ class PGD(Attack):
         targeted: bool = False,
     ):
         super().__init__(model, loss_fn, targeted)
-        self.eps = _non_negative("eps", eps)
-        self.alpha = _non_negative("alpha", alpha)
-        self.steps = _positive_int("steps", steps)
+        self.eps = non_negative("eps", eps)
+        self.alpha = non_negative("alpha", alpha)
+        self.steps = positive_int("steps", steps)
         self.random_start = bool(random_start)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -148,7 +133,7 @@ class FGSM(Attack):
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, eps: float, targeted: bool = False):
         super().__init__(model, loss_fn, targeted)
-        self.eps = _non_negative("eps", eps)
+        self.eps = non_negative("eps", eps)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Run the attack; ``images [B, C, H, W, D]`` in [0, 1], ``labels [B, 1, H, W, D]``."""
@@ -180,7 +165,7 @@ class GaussianNoise(Attack):
 
     def __init__(self, model: Optional[nn.Module] = None, loss_fn: Optional[LossFn] = None, *, std: float):
         super().__init__(model, loss_fn, targeted=False)
-        self.std = _non_negative("std", std)
+        self.std = non_negative("std", std)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Add noise; ``labels`` are ignored."""
