@@ -18,12 +18,7 @@ from engine import cli
 
 
 def parse_args(argv=None):
-    return cli.parse_eval_args(__doc__.splitlines()[0], argv, check_args)
-
-
-def check_args(args, parser):
-    if not args.debugging and not args.save_adv_images_dir:
-        parser.error("--save_adv_images_dir is required (where the run folder goes), or pass --debugging to save nothing")
+    return cli.parse_generation_args(argv)
 
 
 def main(argv=None) -> int:

@@ -13,12 +13,7 @@ from engine import cli
 
 
 def parse_args(argv=None):
-    return cli.parse_eval_args(__doc__.splitlines()[0], argv, check_args)
-
-
-def check_args(args, parser):
-    if not args.adv_images_dir:
-        parser.error("--adv_images_dir is required: the folder given as --save_adv_images_dir when the volumes were generated")
+    return cli.parse_inference_args(argv)
 
 
 def main(argv=None) -> int:

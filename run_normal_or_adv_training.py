@@ -29,7 +29,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from engine.training import run_training
+    from training.run import run_training
 
     return cli.run_script(cli.training_job, run_training, args, "run_normal_or_adv_training.py")
 

@@ -35,7 +35,7 @@ class Attack:
     Args:
         model: segmentation network, ``[B, C, H, W, D] -> [B, N, H, W, D]`` logits.
         loss_fn: ``loss_fn(logits, labels) -> scalar``, e.g. the Dice-CE of
-            ``engine.losses.build_dice_ce``.
+            ``training.losses.build_dice_ce``.
         targeted: when True the labels passed to the call are target labels and
             the attack lowers the loss towards them; otherwise it raises the loss
             on the true labels.

@@ -39,7 +39,7 @@ from benchmarks.common import benchmark_device  # noqa: E402
 
 from attacks import PGD, VAFA  # noqa: E402
 from networks import build_model  # noqa: E402
-from engine.losses import build_dice_ce  # noqa: E402
+from training.losses import build_dice_ce  # noqa: E402
 
 N_CLASSES = 14
 

@@ -1,7 +1,7 @@
 """Time the attack's Dice-CE, forward and backward to the logits: MONAI's (the release's) vs fused.
 
 The release's loss is MONAI ``DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True)``;
-``--fused_dice_ce`` swaps in ``engine.losses.FusedDiceCE`` (one softmax, a written-out
+``--fused_dice_ce`` swaps in ``training.losses.FusedDiceCE`` (one softmax, a written-out
 gradient). Both run on the logits an attack call sees (default: the release's 6 tiles of
 96^3, 14 classes), interleaved, median and minimum of ``--reps`` after one warm-up call. The
 fused gradient is compared with MONAI's: the share of logits where the signs agree and the
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_attacks import device_name  # noqa: E402
 from benchmarks.common import benchmark_device  # noqa: E402
-from engine.losses import build_dice_ce  # noqa: E402
+from training.losses import build_dice_ce  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -30,7 +30,7 @@ from benchmarks.common import benchmark_device  # noqa: E402
 
 from attacks import PGD  # noqa: E402
 from benchmarks.bench_attacks import device_name  # noqa: E402
-from engine.losses import build_dice_ce  # noqa: E402
+from training.losses import build_dice_ce  # noqa: E402
 from networks import MODELS, build_model  # noqa: E402
 
 N_CLASSES = 14

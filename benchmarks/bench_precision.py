@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_attacks import build_case, device_name, time_cases, unetr_and_batch  # noqa: E402
 from benchmarks.common import benchmark_device  # noqa: E402
-from engine.losses import build_dice_ce  # noqa: E402
+from training.losses import build_dice_ce  # noqa: E402
 from networks import PRECISIONS, compiled, with_precision  # noqa: E402
 
 

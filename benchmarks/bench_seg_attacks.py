@@ -35,7 +35,7 @@ from attacks.seg_losses import APGD_LOSSES  # noqa: E402
 from data.loading import build_dataset, plain_tensor  # noqa: E402
 from engine import cli  # noqa: E402
 from engine.evaluation import load_trained_model  # noqa: E402
-from engine.losses import build_dice_ce  # noqa: E402
+from training.losses import build_dice_ce  # noqa: E402
 from engine.evaluation import worst_volume  # noqa: E402
 from networks import predict_volume  # noqa: E402
 from utils.metrics import class_mean, dice_per_class  # noqa: E402

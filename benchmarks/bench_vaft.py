@@ -47,7 +47,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def build(flags: list[str], device: torch.device):
-    from engine import cli, training
+    from engine import cli
+    from training import run as training
 
     args = cli.parse_training_args("", flags)
     job = cli.training_job(args)

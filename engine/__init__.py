@@ -1,5 +1,5 @@
-"""The application layer: command line, whole-volume evaluation, training runs.
+"""The evaluation engine: the command line, whole-volume evaluation jobs and their run folders.
 
-It composes the role packages (``attacks``, ``networks``, ``data``) into the jobs the
-three entry scripts run; ``utils`` below them imports none of these.
+It composes the role packages (``attacks``, ``networks``, ``data``) and the training package into the
+jobs the three entry scripts run; the studies (:mod:`studies`) sit above it.
 """

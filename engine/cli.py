@@ -51,14 +51,22 @@ LR_SCHEDULES = ("warmup_cosine", "cosine_anneal")
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """``argparse`` parser whose errors are one line (no usage dump), exit status 2."""
+    """``argparse`` parser whose errors are one line (no usage dump), exit status 2; with
+    ``raising=True`` an error raises :class:`UserError` instead (callers inside a larger run)."""
+
+    def __init__(self, *args, raising: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.raising = raising
 
     def error(self, message: str):  # noqa: D102 - argparse API
+        if self.raising:
+            raise UserError(message)
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def make_parser(description: str) -> ArgumentParser:
-    return ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def make_parser(description: str, raising: bool = False) -> ArgumentParser:
+    return ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                          raising=raising)
 
 
 # --------------------------------------------------------------------------- flag groups
@@ -329,29 +337,63 @@ def check_training_args(args: argparse.Namespace, parser: argparse.ArgumentParse
     args.amp = not args.noamp
 
 
-def parse(description: str, argv: Sequence[str] | None, groups: Iterable[Callable], checks: Iterable[Callable]
-          ) -> argparse.Namespace:
-    """Build a parser from flag groups, parse ``argv`` and run the checks in order."""
-    parser = make_parser(description)
+def parse(description: str, argv: Sequence[str] | None, groups: Iterable[Callable], checks: Iterable[Callable],
+          raising: bool = False) -> argparse.Namespace:
+    """Build a parser from flag groups, parse ``argv`` and run the checks in order.
+
+    Raises:
+        UserError: with ``raising``, a refused flag (otherwise the process exits with status 2).
+    """
+    parser = make_parser(description, raising)
     for add in groups:
         add(parser)
-    _DEFAULTS.clear()
-    _DEFAULTS.update(to_jsonable({a.dest: a.default for a in parser._actions if a.dest != "help"}))
     args = parser.parse_args(argv)
     for check in checks:
         check(args, parser)
     return args
 
 
-_DEFAULTS: dict = {}  # every flag's default, of the parser that parsed last (older run folders lack new flags)
+def flag_defaults(groups: Iterable[Callable]) -> dict:
+    """Every flag's default of the parser built from ``groups`` (an older run folder lacks newer flags)."""
+    parser = make_parser("")
+    for add in groups:
+        add(parser)
+    return to_jsonable({a.dest: a.default for a in parser._actions if a.dest != "help"})
 
 EVAL_GROUPS = (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_eval_output_args, add_runtime_args)
 TRAINING_GROUPS = (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_training_args, add_runtime_args)
 
 
-def parse_eval_args(description: str, argv: Sequence[str] | None, check: Callable) -> argparse.Namespace:
+def parse_eval_args(description: str, argv: Sequence[str] | None, check: Callable, raising: bool = False
+                    ) -> argparse.Namespace:
     """Parser of the two evaluation scripts: same flags, a script-specific final check."""
-    return parse(description, argv, EVAL_GROUPS, (check_model_args, check_eval_args, check_attack_args, check))
+    return parse(description, argv, EVAL_GROUPS, (check_model_args, check_eval_args, check_attack_args, check), raising)
+
+
+GENERATION_DESCRIPTION = "Attack a trained segmentation model on a dataset split and report clean vs adversarial metrics."
+INFERENCE_DESCRIPTION = "Evaluate a model on clean volumes vs adversarial volumes saved earlier by generate_adv_samples.py."
+
+
+def check_generation_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``generate_adv_samples.py``: a run folder to write, unless ``--debugging`` saves nothing."""
+    if not args.debugging and not args.save_adv_images_dir:
+        parser.error("--save_adv_images_dir is required (where the run folder goes), or pass --debugging to save nothing")
+
+
+def check_inference_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``inference_on_saved_adv_samples.py``: the folder the volumes were saved to."""
+    if not args.adv_images_dir:
+        parser.error("--adv_images_dir is required: the folder given as --save_adv_images_dir when the volumes were generated")
+
+
+def parse_generation_args(argv: Sequence[str] | None = None, raising: bool = False) -> argparse.Namespace:
+    """``generate_adv_samples.py``'s command line, parsed and checked (``raising``: see :func:`parse`)."""
+    return parse_eval_args(GENERATION_DESCRIPTION, argv, check_generation_args, raising)
+
+
+def parse_inference_args(argv: Sequence[str] | None = None, raising: bool = False) -> argparse.Namespace:
+    """``inference_on_saved_adv_samples.py``'s command line, parsed and checked (``raising``: see :func:`parse`)."""
+    return parse_eval_args(INFERENCE_DESCRIPTION, argv, check_inference_args, raising)
 
 
 def parse_training_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -415,7 +457,7 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         title=title + (f" [{args.precision} model passes]" if args.precision not in (None, "fp32") else "")
         + (" [fused Dice-CE]" if args.fused_dice_ce and adv_folder is None else ""),
         launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
-        path_keys=PATH_FLAGS, defaults=dict(_DEFAULTS), precision=args.precision or "fp32", compile=args.compile,
+        path_keys=PATH_FLAGS, defaults=flag_defaults(EVAL_GROUPS), precision=args.precision or "fp32", compile=args.compile,
         finish_cases=args.finish_cases, fused_loss=args.fused_dice_ce,
     )
 
@@ -469,9 +511,9 @@ def _check_same_volumes(args: argparse.Namespace, folder: str) -> None:
 
 
 def training_job(args: argparse.Namespace):
-    """:class:`engine.training.TrainingJob` of ``run_normal_or_adv_training.py``."""
-    from engine.optim import OptimSettings
-    from engine.training import TrainingJob
+    """:class:`training.run.TrainingJob` of ``run_normal_or_adv_training.py``."""
+    from training.optim import OptimSettings
+    from training.run import TrainingJob
 
     attack = attack_settings(args)
     sub = attack.folder_name() if args.adv_training_mode and not args.no_sub_dir_model else ""

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from attacks import AttackSettings
 from data.loading import DataSettings, build_dataset, check_case, check_files, class_names, plain_tensor
-from engine.losses import build_dice_ce
+from training.losses import build_dice_ce
 from engine.reports import case_rows, format_summary, report_case, summarise
 from engine.run_folder import prepare_run_dir, run_lock
 from networks import ModelSettings, WindowSettings, compiled, load_model_weights, predict_volume, with_precision
@@ -67,7 +67,7 @@ class EvalJob:
             one starts, ``"auto"`` in the background when the model runs on an accelerator
             (the CPU is free meanwhile) and inline on a CPU (where a second thread slows the
             attack down more than it saves). The numbers are the same either way.
-        fused_loss: the attack's Dice-CE is :class:`engine.losses.FusedDiceCE` (``--fused_dice_ce``).
+        fused_loss: the attack's Dice-CE is :class:`training.losses.FusedDiceCE` (``--fused_dice_ce``).
     """
 
     model: ModelSettings

@@ -139,3 +139,12 @@ def with_precision(model: nn.Module, precision: str) -> nn.Module:
 def compiled(model: nn.Module, enabled: bool) -> nn.Module:
     """``torch.compile(model)`` when ``enabled`` (weights shared with ``model``), else ``model``."""
     return torch.compile(model) if enabled else model
+
+
+def training_precision(device: torch.device, amp: bool, precision: Optional[str]) -> str:
+    """Precision of the training passes: ``--precision`` when given, else the release's
+    mixed precision: ``fp16`` (with a gradient scaler) on CUDA unless ``--noamp``, ``fp32``
+    on other devices (the release's CUDA autocast did nothing there)."""
+    if precision is not None:
+        return precision
+    return "fp16" if amp and device.type == "cuda" else "fp32"

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.bands import MEASURES  # noqa: E402
+from studies.bands import MEASURES  # noqa: E402
 from utils.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 
 
@@ -46,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from engine.bands import BANDS, analyse_run, band_rows
-    from engine.charts import band_plot
+    from studies.bands import BANDS, analyse_run, band_rows
+    from studies.charts import band_plot
     from engine.cli import setup_logging
     from utils.io import write_csv, write_json
 

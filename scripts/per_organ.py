@@ -31,8 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from engine.charts import organ_drop_plot
-    from engine.per_organ import organ_drop_rows, per_organ_markdown
+    from studies.charts import organ_drop_plot
+    from studies.per_organ import organ_drop_rows, per_organ_markdown
     from utils.io import read_json, write_bytes, write_csv
 
     reports = {}

@@ -27,7 +27,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attacks import ATTACKS  # noqa: E402
-from engine.sweep import PRESETS, RESERVED_FLAGS, SweepSettings, build_preset  # noqa: E402
+from studies.sweep import PRESETS, RESERVED_FLAGS, SweepSettings, build_preset  # noqa: E402
 from utils.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 
 
@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, passed = parse_args(argv)
     from engine.cli import setup_logging
-    from engine.sweep import run_sweep
-    from engine.sweep_report import tables_markdown, write_sweep_outputs
+    from studies.sweep import run_sweep
+    from studies.sweep_report import tables_markdown, write_sweep_outputs
 
     setup_logging()
     try:

@@ -30,7 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine.cli import ArgumentParser, run_cli, setup_logging  # noqa: E402
-from engine.transfer import TransferJob, TransferModel, format_matrix, run_transfer  # noqa: E402
+from studies.transfer import TransferJob, TransferModel, format_matrix, run_transfer  # noqa: E402
 
 PROG = "transfer_matrix.py"
 

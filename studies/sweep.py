@@ -22,8 +22,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
-from attacks import ATTACKS, get_attack_class, preset_flags
-from engine import cli, paper_tables
+from attacks import ATTACKS, BIM, FGSM, PGD, VAFA2D, VAFA3D, GaussianNoise, get_attack_class, preset_flags
+from engine import cli
+from engine.run_folder import changed_settings
+from studies import paper_tables
 from utils.errors import UserError
 from utils.io import read_json, to_jsonable
 
@@ -87,14 +89,15 @@ def _attack_cell(label: str, attack: str, *extra: str, key: Optional[str] = None
 
 
 def _curve(name: str, title: str, param: str, values: Sequence, flags: Callable, paper: Mapping) -> Preset:
-    cells = tuple(Cell(key=f"vafa-3d_{param}_{v}", label=f"{param}={v}", attack="vafa-3d",
-                       base=preset_flags("vafa-3d"), swept=tuple(flags(v)), params={param: v}) for v in values)
+    vafa = VAFA3D.name
+    cells = tuple(Cell(key=f"{vafa}_{param}_{v}", label=f"{param}={v}", attack=vafa,
+                       base=preset_flags(vafa), swept=tuple(flags(v)), params={param: v}) for v in values)
     return Preset(name, title, "curve", cells, param=param, paper=paper)
 
 
 def table1() -> Preset:
-    cells = (_attack_cell("PGD", "pgd"), _attack_cell("FGSM", "fgsm"), _attack_cell("BIM", "bim"),
-             _attack_cell("GN", "gn"), _attack_cell("VAFA-2D", "vafa-2d"), _attack_cell("VAFA", "vafa-3d"))
+    cells = (_attack_cell("PGD", PGD.name), _attack_cell("FGSM", FGSM.name), _attack_cell("BIM", BIM.name),
+             _attack_cell("GN", GaussianNoise.name), _attack_cell("VAFA-2D", VAFA2D.name), _attack_cell("VAFA", VAFA3D.name))
     return Preset("table1", "Table 1: attacks side by side (eps/std 4, VAFA q_max 20 on 8x8x8 blocks)", "attacks",
                   cells, paper=paper_tables.TABLE1)
 
@@ -116,18 +119,19 @@ def table4() -> Preset:
 
 def table5() -> Preset:
     cells = []
-    for attack, name, flag in (("pgd", "PGD", "eps"), ("fgsm", "FGSM", "eps"), ("bim", "BIM", "eps"), ("gn", "GN", "std")):
+    for attack, name, flag in ((PGD.name, "PGD", "eps"), (FGSM.name, "FGSM", "eps"), (BIM.name, "BIM", "eps"),
+                               (GaussianNoise.name, "GN", "std")):
         for value in (4, 8):
             cells.append(_attack_cell(f"{name} {flag}={value}", attack, f"--{flag}", str(value), **{flag: value}))
     for q_max in (20, 30):
-        cells.append(_attack_cell(f"VAFA q_max={q_max}", "vafa-3d", "--q_max", str(q_max), "--block_size", "32", "32", "32",
+        cells.append(_attack_cell(f"VAFA q_max={q_max}", VAFA3D.name, "--q_max", str(q_max), "--block_size", "32", "32", "32",
                                   q_max=q_max, block=32))
     return Preset("table5", "Table 5: eps 4/8 and q_max 20/30 (VAFA block 32x32x32), with HD95", "attacks", tuple(cells),
                   paper=paper_tables.TABLE5)
 
 
-TABLE6_ATTACKS = (("PGD", "pgd", ()), ("FGSM", "fgsm", ()), ("BIM", "bim", ()),
-                  ("VAFA", "vafa-3d", ("--block_size", "32", "32", "32")))
+TABLE6_ATTACKS = (("PGD", PGD.name, ()), ("FGSM", FGSM.name, ()), ("BIM", BIM.name, ()),
+                  ("VAFA", VAFA3D.name, ("--block_size", "32", "32", "32")))
 """Table 6's columns: the attacks each robust model faces (VAFA as in adversarial training: q_max 20, block 32^3)."""
 
 
@@ -179,7 +183,7 @@ def _value_flags(key: str, value: str, attack: str) -> tuple:
     return (f"--{key}", value)
 
 
-def grid(specs: Sequence[str], attack: str = "vafa-3d") -> Preset:
+def grid(specs: Sequence[str], attack: str = VAFA3D.name) -> Preset:
     """The product of the grid's values as cells; key ``attack`` sweeps attacks too."""
     axes = parse_grid(specs)
     cells = []
@@ -201,7 +205,7 @@ def grid(specs: Sequence[str], attack: str = "vafa-3d") -> Preset:
                   param=next((key for key, _ in axes if key != "attack"), None))
 
 
-def build_preset(name: Optional[str], grid_specs: Sequence[str] = (), attack: str = "vafa-3d",
+def build_preset(name: Optional[str], grid_specs: Sequence[str] = (), attack: str = VAFA3D.name,
                  models: Sequence[tuple[str, str]] = ()) -> Preset:
     """The preset ``name``, or the grid of ``grid_specs``.
 
@@ -245,41 +249,26 @@ class SweepSettings:
     report_only: bool = False
 
 
-class _RaisingParser(cli.ArgumentParser):
-    def error(self, message):  # noqa: D102 - argparse API
-        raise ValueError(message)
-
-
 def cell_argv(settings: SweepSettings, cell: Cell) -> list[str]:
     """The generation command line of ``cell`` (later flags win)."""
     return [*settings.common, *cell.base, *settings.overrides, *cell.swept,
             "--save_adv_images_dir", os.path.join(os.path.abspath(settings.out), "runs", cell.key)]
 
 
-def parse_cell(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse and check a generation command line as ``generate_adv_samples.py`` does.
-
-    Raises:
-        ValueError: the message the script would print.
-    """
-    parser = _RaisingParser(prog="generate_adv_samples.py")
-    for add in cli.EVAL_GROUPS:
-        add(parser)
-    args = parser.parse_args(list(argv))
-    for check in (cli.check_model_args, cli.check_eval_args, cli.check_attack_args):
-        check(args, parser)
-    return args
-
-
 def finished_report(run_dir: str, args: argparse.Namespace) -> Optional[dict]:
-    """The run folder's ``results.json`` if it was written with these arguments (runtime flags aside)."""
+    """The run folder's ``results.json`` if it was written with these arguments.
+
+    The rule of a resumed run (:func:`engine.run_folder.changed_settings`: runtime flags aside, paths
+    compared canonically, a flag newer than the record at its default), except that the number of
+    cases must match too: a finished report of fewer cases is not this cell's.
+    """
     path = os.path.join(run_dir, "results.json")
     if not os.path.exists(path):
         return None
     report = read_json(path)
-    want, got = to_jsonable(vars(args)), report.get("args", {})
-    keys = ((set(want) | set(got)) - cli.RUNTIME_FLAGS) | {"max_cases"}
-    return report if all(want.get(k) == got.get(k) for k in keys) else None
+    changed = changed_settings(report.get("args", {}), to_jsonable(vars(args)), cli.RUNTIME_FLAGS - {"max_cases"},
+                               cli.PATH_FLAGS, cli.flag_defaults(cli.EVAL_GROUPS))
+    return None if changed else report
 
 
 def run_cell(args: argparse.Namespace) -> int:
@@ -304,8 +293,8 @@ def run_sweep(settings: SweepSettings, runner: Optional[Callable] = None) -> lis
     for position, cell in enumerate(settings.preset.cells):
         argv = cell_argv(settings, cell)
         try:
-            args = parse_cell(argv)
-        except ValueError as err:
+            args = cli.parse_generation_args(argv, raising=True)
+        except UserError as err:
             if "not divisible by block_size" in str(err):
                 planned.append((position, cell, None, f"skipped: {err}"))
                 continue

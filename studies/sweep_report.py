@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from engine import paper_tables
-from engine.per_organ import organ_drop_rows, per_organ_markdown
-from engine.sweep import Preset
+from studies import paper_tables
+from studies.per_organ import organ_drop_rows, per_organ_markdown
+from studies.sweep import Preset
 from utils.io import read_json, write_bytes, write_csv, write_json
 
 
@@ -134,7 +134,7 @@ def write_sweep_outputs(preset: Preset, rows: Sequence[dict], out: str, command:
     Returns:
         ``{name: path}`` of what was written.
     """
-    from engine import charts
+    from studies import charts
 
     os.makedirs(out, exist_ok=True)
     paths = {name: os.path.join(out, name) for name in ("tables.md", "sweep.csv", "sweep.json")}

@@ -135,7 +135,6 @@ def run_cell(job: TransferJob, surrogate: TransferModel, target: TransferModel) 
     Raises:
         UserError: the cell's flags are refused (one line naming the flag) or its inference run fails.
     """
-    import inference_on_saved_adv_samples as infer
     from engine import cli
     from engine.evaluation import run_inference
 
@@ -147,7 +146,7 @@ def run_cell(job: TransferJob, surrogate: TransferModel, target: TransferModel) 
     logger.info("cell %s -> %s: inference_on_saved_adv_samples.py %s", surrogate.label, target.label,
                 shlex.join(argv))
     try:
-        args = infer.parse_args(argv)
+        args = cli.parse_inference_args(argv)
     except SystemExit as exit_:
         raise UserError(f"the flags of cell {surrogate.label} -> {target.label} were refused (message above); "
                         f"flags: {shlex.join(argv)}") from exit_

@@ -10,15 +10,17 @@ import signal
 import pytest
 import torch
 
-import trainer as tr
+import training.trainer as tr
 from data import sampling
-from engine import cli, optim, training
+from engine import cli
+from training import optim, run as training
 from utils import seeding
 from utils.errors import UserError
 from networks import build_model
 from networks.checkpoint import read_checkpoint, save_checkpoint
+from networks.precision import training_precision
 from run_normal_or_adv_training import parse_args
-from engine.losses import build_dice_ce, frequency_consistency_loss
+from training.losses import build_dice_ce, frequency_consistency_loss
 
 
 def run_folder(args):
@@ -121,11 +123,11 @@ def test_optimisers_take_the_release_hyperparameters(name, cls):
 
 def test_training_precision_defaults_to_the_release_mixed_precision():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert optim.training_precision(cpu, True, None) == "fp32"  # the release's CUDA autocast did nothing on CPU
-    assert optim.training_precision(cuda, True, None) == "fp16"  # the release: float16 with a gradient scaler
-    assert optim.training_precision(cuda, False, None) == "fp32"  # --noamp
-    assert optim.training_precision(cpu, True, "bf16") == "bf16"  # --precision wins
-    assert optim.training_precision(cuda, True, "bf16") == "bf16"
+    assert training_precision(cpu, True, None) == "fp32"  # the release's CUDA autocast did nothing on CPU
+    assert training_precision(cuda, True, None) == "fp16"  # the release: float16 with a gradient scaler
+    assert training_precision(cuda, False, None) == "fp32"  # --noamp
+    assert training_precision(cpu, True, "bf16") == "bf16"  # --precision wins
+    assert training_precision(cuda, True, "bf16") == "bf16"
 
 
 def test_noamp_with_a_half_precision_is_refused(capsys):
@@ -221,7 +223,7 @@ def test_build_trainer_picks_the_class_from_the_flags():
 def test_fused_dice_ce_flag_reaches_training_and_its_attack():
     from monai.losses import DiceCELoss
 
-    from engine.losses import FusedDiceCE
+    from training.losses import FusedDiceCE
 
     model = tiny_model()
     for flags, kind in (((), DiceCELoss), (("--fused_dice_ce",), FusedDiceCE)):

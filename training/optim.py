@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 import torch.nn as nn
@@ -85,12 +85,3 @@ def build_scheduler(settings: OptimSettings, optimizer: torch.optim.Optimizer):
     else:
         return None
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def training_precision(device: torch.device, amp: bool, precision: Optional[str]) -> str:
-    """Precision of the training passes: ``--precision`` when given, else the release's
-    mixed precision: ``fp16`` (with a gradient scaler) on CUDA unless ``--noamp``, ``fp32``
-    on other devices (the release's CUDA autocast did nothing there)."""
-    if precision is not None:
-        return precision
-    return "fp16" if amp and device.type == "cuda" else "fp32"

@@ -14,10 +14,10 @@ import torch.nn as nn
 from attacks import AttackSettings
 from data.loading import CROPS_PER_VOLUME, DataSettings, build_dataset, build_loader, check_files
 from data.sampling import EpochSampler, EpochSeededDataset
-from engine.losses import DeepSupervisionLoss, build_dice_ce
-from engine.optim import SCHEDULES, OptimSettings, build_optimizer, build_scheduler
+from training.losses import DeepSupervisionLoss, build_dice_ce
+from training.optim import SCHEDULES, OptimSettings, build_optimizer, build_scheduler
 from networks import ModelSettings, WindowSettings, compiled, load_model_weights, with_precision
-from trainer import BEST, LATEST, METRICS_FILE, TRAINERS, Trainer, TrainerConfig, TrainingResult
+from training.trainer import BEST, LATEST, METRICS_FILE, TRAINERS, Trainer, TrainerConfig, TrainingResult
 from utils import distributed as dist_utils
 from utils.distributed import LaunchSettings
 from utils.errors import UserError
@@ -47,7 +47,7 @@ class TrainingJob:
         precision: ``--precision`` (``None``: the release's mixed precision for the training
             passes, fp32 for the attack's).
         compile: ``torch.compile`` the network (training passes and attack).
-        fused_loss: Dice-CE as :class:`engine.losses.FusedDiceCE` (``--fused_dice_ce``).
+        fused_loss: Dice-CE as :class:`training.losses.FusedDiceCE` (``--fused_dice_ce``).
         Other fields as :class:`trainer.TrainerConfig`.
     """
 

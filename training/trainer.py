@@ -35,28 +35,29 @@ from their USR1 trap, and resume when ``model_latest.pt`` exists).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from attacks import Attack, AttackSettings
+from attacks import Attack
 from data.loading import check_case, plain_tensor
-from engine.losses import frequency_consistency_loss, full_resolution
-from networks import WindowSettings, predict_volume, read_checkpoint, load_model_weights, save_checkpoint
+from networks import load_model_weights, predict_volume, read_checkpoint, save_checkpoint
+from networks.precision import training_precision
 from utils import distributed as dist_utils
 from utils.errors import UserError
 from utils.io import to_jsonable, write_csv
 from utils.seeding import derive_seed, rng_state, seed_everything, set_rng_state
+
+from .config import TrainerConfig, TrainingResult, read_metrics_rows  # noqa: F401  (handed on: trainer.py's names)
+from .losses import frequency_consistency_loss, full_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -66,88 +67,11 @@ METRICS_FILE = "metrics.csv"
 CHECKPOINT_FORMAT = 1
 
 
-# --------------------------------------------------------------------------- checkpoint content
-
-
-def read_metrics_rows(path: str, before_epoch: int) -> list[dict]:
-    """Rows of an existing ``metrics.csv`` for epochs ``< before_epoch`` (a resume rewrites the rest)."""
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    kept = []
-    for row in rows:
-        try:
-            epoch = int(float(row.get("epoch", "")))
-        except ValueError:
-            continue
-        if epoch < before_epoch:
-            kept.append(dict(row))
-    return kept
-
-
 # --------------------------------------------------------------------------- the trainer
-
-
-@dataclass(frozen=True)
-class TrainerConfig:
-    """What the training loop needs besides the built objects.
-
-    Args:
-        max_epochs: train epochs ``start_epoch .. max_epochs - 1``.
-        val_every: validate after every N-th epoch.
-        num_classes: classes of the labels (background included).
-        window: sliding-window inference of validation volumes.
-        attack: the configured attack's settings (target labels, tiles per batch); needed with an attack.
-        val_attack: also report validation Dice under the attack.
-        val_attack_cases: validation cases attacked with ``val_attack``.
-        seed: seeds the data order, augmentations and attack randomness per epoch.
-        amp: the release's mixed precision (fp16 on CUDA) when ``precision`` is unset.
-        precision: ``--precision`` of the training passes (``None``: as ``amp`` says).
-        compile: ``torch.compile`` the network of the training passes.
-        save_checkpoint: write ``model_latest.pt`` / ``model_best.pt``.
-        logdir: TensorBoard folder (default: the run folder).
-        freq_reg_norm, freq_reg_weight: VAFT's frequency-consistency loss.
-        optim_name: the optimiser's name, for messages.
-        resume_hint: the flags that continue this run, for messages.
-        record: the run's arguments, stored in each checkpoint.
-    """
-
-    max_epochs: int = 5000
-    val_every: int = 100
-    num_classes: int = 14
-    window: WindowSettings = field(default_factory=WindowSettings)
-    attack: Optional[AttackSettings] = None
-    val_attack: bool = False
-    val_attack_cases: int = 2
-    seed: int = 0
-    amp: bool = True
-    precision: Optional[str] = None
-    compile: bool = False
-    save_checkpoint: bool = False
-    logdir: Optional[str] = None
-    freq_reg_norm: str = "relative"
-    freq_reg_weight: float = 1.0
-    optim_name: str = "adamw"
-    resume_hint: str = ""
-    record: Mapping = field(default_factory=dict)
 
 
 class _Interrupted(Exception):
     """Raised inside an epoch when a stop signal arrived (preemption)."""
-
-
-@dataclass
-class TrainingResult:
-    """What :meth:`Trainer.fit` reports."""
-
-    best_acc: float = 0.0
-    last_acc: Optional[float] = None
-    epochs_done: int = 0
-    preempted: bool = False
-    stop_signal: Optional[str] = None
-    run_dir: Optional[str] = None
-    history: list = field(default_factory=list)
 
 
 class Trainer:
@@ -183,7 +107,6 @@ class Trainer:
                  attack: Optional[Attack] = None, train_loader: Optional[Iterable] = None,
                  val_loader: Optional[Iterable] = None, val_indices: Optional[Sequence[int]] = None,
                  run_dir: Optional[str] = None):
-        from engine.optim import training_precision
         from networks import compiled
 
         self.config = config
@@ -600,7 +523,7 @@ class AdversarialTrainer(Trainer):
 class VAFTTrainer(AdversarialTrainer):
     """VAFT: ``DiceCE(M(X), Y) + DiceCE(M(X'), Y) + w * L_fr(M(X), M(X'))``.
 
-    ``L_fr`` is ``engine.losses.frequency_consistency_loss`` with ``--freq_reg_norm``
+    ``L_fr`` is ``training.losses.frequency_consistency_loss`` with ``--freq_reg_norm``
     (``relative``: the release's ``sum|DCT(clean) - DCT(adv)| / sum|DCT(clean)|`` over the
     whole batch, clean logits not detached), ``w = --freq_reg_weight`` (release: 1).
     """
@@ -626,4 +549,4 @@ class VAFTTrainer(AdversarialTrainer):
 
 
 TRAINERS = {"normal": Trainer, "adversarial": AdversarialTrainer, "vaft": VAFTTrainer}
-"""Trainer class per training mode (``engine.training`` picks one from the flags)."""
+"""Trainer class per training mode (``training.run`` picks one from the flags)."""

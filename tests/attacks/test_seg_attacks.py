@@ -12,7 +12,7 @@ from attacks.apgd import StepSizeSchedule, apgd_checkpoints
 from attacks.projection import direction, l2_norm, project, radius, random_start
 from attacks.seg_losses import (cosine_weights, cospgd_loss, js_divergence, per_sample_loss, segpgd_lambda,
                                 segpgd_loss, tile_score)
-from engine.losses import build_dice_ce
+from training.losses import build_dice_ce
 
 from .tiny import N_CLASSES, make_batch, make_model
 

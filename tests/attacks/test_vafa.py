@@ -10,7 +10,7 @@ from monai.data.utils import dense_patch_slices
 from pytorch_msssim import ssim
 
 from attacks import VAFA
-from engine.losses import build_dice_ce
+from training.losses import build_dice_ce
 
 from .tiny import make_batch, make_model
 

@@ -20,7 +20,7 @@ from attacks.frequency import (
     renormalisation_share,
 )
 from attacks.vafa import NORMALISE_MODES
-from engine.losses import build_dice_ce
+from training.losses import build_dice_ce
 
 from .test_vafa import reference_vafa
 from .tiny import make_batch, make_model

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from attacks import BIM, FGSM, PGD, GaussianNoise
-from engine.losses import build_dice_ce
+from training.losses import build_dice_ce
 
 from .tiny import make_batch, make_model
 

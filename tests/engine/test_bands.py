@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from attacks.frequency import idct
-from engine.bands import BANDS, analyse_run, band_energies, band_index, keep_bands
+from studies.bands import BANDS, analyse_run, band_energies, band_index, keep_bands
 from tests.scripts.helpers import eval_flags, run_main
 
 SHAPE = (12, 10, 8)

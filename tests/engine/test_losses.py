@@ -3,7 +3,7 @@ import pytest
 import scipy.fft
 import torch
 
-from engine.losses import FrequencyConsistencyLoss, build_dice_ce, frequency_consistency_loss
+from training.losses import FrequencyConsistencyLoss, build_dice_ce, frequency_consistency_loss
 
 
 def logits_pair(shape=(2, 3, 8, 6, 4), seed=0, dtype=torch.float64):

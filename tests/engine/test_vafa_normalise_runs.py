@@ -12,7 +12,8 @@ import torch
 
 import generate_adv_samples as gen
 import run_normal_or_adv_training as train_script
-from engine import cli, training
+from engine import cli
+from training import run as training
 from networks import build_model
 from tests.scripts.helpers import eval_flags
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import cli, training
+from engine import cli
+from training import run as training
 from networks import MODELS, build_model, model_options
 from run_normal_or_adv_training import parse_args
 from tests.networks.tiny_models import TINY_MODELS, tiny_flags

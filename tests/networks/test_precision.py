@@ -11,7 +11,7 @@ import torch.nn as nn
 import generate_adv_samples as gen
 from attacks import VAFA
 from attacks import vafa as vafa_module
-from engine.losses import build_dice_ce
+from training.losses import build_dice_ce
 from networks import MODELS, MixedPrecision, ModelEntry, with_precision
 from networks import precision as precision_module
 from tests.scripts.helpers import eval_flags, run_main

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from engine.losses import DeepSupervisionLoss, build_dice_ce
+from training.losses import DeepSupervisionLoss, build_dice_ce
 from networks import build_model, load_model_weights
 from networks.unetrpp import UNETRPlusPlus
 
@@ -136,7 +136,8 @@ def test_input_affine_maps_onto_the_authors_normalisation():
 def test_vaft_step_with_deep_supervision():
     """The training script's VAFT trainer on UNETR++ returning three resolutions: Dice-CE weighted over
     them, the frequency-consistency term on the full-resolution logits, the attack on eval-mode output."""
-    from engine import cli, training
+    from engine import cli
+    from training import run as training
     from run_normal_or_adv_training import parse_args
     from tests.networks.test_models import batch_for
 

@@ -181,7 +181,7 @@ def test_other_settings_in_the_same_folder_are_refused(pgd_run, capsys):
 
 def test_fused_dice_ce_is_named_and_part_of_the_run(pgd_run, tmp_path, monkeypatch, capsys):
     import engine.evaluation as evaluation
-    from engine.losses import FusedDiceCE
+    from training.losses import FusedDiceCE
 
     argv, args, run_dir = pgd_run
     code, err = run_main(gen.main, argv + ["--fused_dice_ce"], capsys)  # same folder, other loss

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-import engine.sweep as sweep
-from engine.sweep_report import fmt
+import studies.sweep as sweep
+from studies.sweep_report import fmt
 from tests.scripts.helpers import data_flags, make_tiny_checkpoint, run_main, tiny_model_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -147,7 +147,7 @@ def test_scripts_have_help(capsys):
 def test_a_grid_over_attacks_names_the_attack_in_its_table():
     """``--grid attack=... --grid precision=...``: the attack is a column and the pivot's rows,
     and the curve's axis is the other setting (the attack is no number to plot against)."""
-    from engine.sweep_report import grid_table
+    from studies.sweep_report import grid_table
 
     preset = sweep.build_preset(None, ["attack=pgd,gn", "precision=fp32,bf16"])
     assert preset.param == "precision"

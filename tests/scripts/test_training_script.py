@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import run_normal_or_adv_training as script
-import trainer as tr
+import training.trainer as tr
 from data import sampling
-from engine import cli, optim, training
+from engine import cli
+from training import optim, run as training
 from utils import seeding
 from networks import build_model
 from networks.checkpoint import read_checkpoint
