@@ -514,6 +514,9 @@ class Trainer:
             return result
         self._open_outputs()
         previous_handlers = self.install_signal_handlers()
+        pending = dist_utils.pending_stop()  # a driver's (the demo's) stop request from before the loop
+        if pending is not None:
+            self.stop_signal = signal.Signals(pending).name
         try:
             for epoch in range(self.start_epoch, config.max_epochs):
                 if self.stop_requested():

@@ -16,6 +16,7 @@ from data.loading import CROPS_PER_VOLUME, DataSettings, build_dataset, build_lo
 from data.sampling import EpochSampler, EpochSeededDataset
 from engine.losses import DeepSupervisionLoss, build_dice_ce
 from engine.optim import SCHEDULES, OptimSettings, build_optimizer, build_scheduler
+from engine.run_folder import run_lock
 from networks import ModelSettings, WindowSettings, compiled, load_model_weights, with_precision
 from trainer import BEST, LATEST, METRICS_FILE, TRAINERS, Trainer, TrainerConfig, TrainingResult
 from utils import distributed as dist_utils
@@ -191,15 +192,21 @@ def _log_header(job: TrainingJob, device: torch.device, world: int) -> None:
 
 
 def _train_process(job: TrainingJob, device: torch.device) -> TrainingResult:
-    """One process of a run (the only one, or one rank)."""
-    from engine.cli import setup_logging
-
+    """One process of a run (the only one, or one rank); the run folder is locked for the run
+    (rank 0), so a second training into it is refused instead of replacing its files."""
     rank, world = dist_utils.rank_and_world()
     check_folders(job)
     seed_everything(job.seed)
     model = job.model.build()
     if job.pretrained and job.resume_from is None:  # before any folder is made: a wrong checkpoint leaves none
         load_model_weights(model, job.pretrained)
+    with run_lock(job.run_dir, hint="wait for it to finish or choose another --save_model_dir"):
+        check_folders(job)  # again, holding the lock: a run that started meanwhile has written its files
+        return _train_locked(job, device, model, rank, world)
+
+
+def _train_locked(job: TrainingJob, device: torch.device, model: nn.Module, rank: int, world: int) -> TrainingResult:
+    from engine.cli import setup_logging
 
     main = rank == 0
     run_dir = job.run_dir

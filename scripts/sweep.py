@@ -27,7 +27,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine.sweep import ATTACK_DEFAULTS, PRESETS, RESERVED_FLAGS, SweepSettings, build_preset  # noqa: E402
-from utils.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -72,24 +71,25 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, passed = parse_args(argv)
-    from engine.cli import setup_logging
+    from engine.cli import run_driver, setup_logging
     from engine.sweep import run_sweep
     from engine.sweep_report import tables_markdown, write_sweep_outputs
+    from utils.distributed import check_stop
 
     setup_logging()
-    try:
+
+    def body(args) -> None:
         preset = build_preset(args.preset, args.grid, args.attack, args.models)
         settings = SweepSettings(preset=preset, overrides=tuple(passed), out=args.out, shard=args.shard,
                                  report_only=args.report_only)
         rows = run_sweep(settings)
-    except UserError as err:
-        sys.stderr.write(f"sweep.py: error: {err}\n")
-        return EXIT_USER_ERROR
-    command = "python scripts/sweep.py " + shlex.join(argv)
-    paths = write_sweep_outputs(preset, rows, args.out, command)
-    print(tables_markdown(preset, rows), flush=True)
-    print("written: " + ", ".join(sorted(paths.values())), flush=True)
-    return 0
+        check_stop()  # stopped after the last cell: no table (a rerun reuses every cell and prints it)
+        command = "python scripts/sweep.py " + shlex.join(argv)
+        paths = write_sweep_outputs(preset, rows, args.out, command)
+        print(tables_markdown(preset, rows), flush=True)
+        print("written: " + ", ".join(sorted(paths.values())), flush=True)
+
+    return run_driver(body, args, "sweep.py")
 
 
 if __name__ == "__main__":

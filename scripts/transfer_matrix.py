@@ -29,7 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.cli import ArgumentParser, run_cli, setup_logging  # noqa: E402
+from engine.cli import ArgumentParser, run_driver, setup_logging  # noqa: E402
 from engine.transfer import TransferJob, TransferModel, format_matrix, run_transfer  # noqa: E402
 
 PROG = "transfer_matrix.py"
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         print(format_matrix(report, "dice_adv"))
         print(format_matrix(report, "drop"), flush=True)
 
-    return run_cli(body, transfer_job(args, rest), PROG)
+    return run_driver(body, transfer_job(args, rest), PROG)
 
 
 if __name__ == "__main__":
