@@ -128,14 +128,16 @@ def build_trainer(job: TrainingJob, model: nn.Module, device: torch.device, **lo
 
 
 def build_train_loader(job: TrainingJob, rank: int = 0, world: int = 1):
-    """Training loader: ``batch_size`` volumes per step, each giving 4 crops (MONAI's collate
+    """Training loader (every file checked and read once first): ``batch_size`` volumes per step, each giving 4 crops (MONAI's collate
     flattens them: a batch holds ``4 * batch_size`` crops), ordered and augmented
     reproducibly per epoch (:class:`data.sampling.EpochSampler`)."""
     from monai.data import DataLoader
 
     items = job.data.items("training")
     for item in items:
-        check_files(item)  # image and label on one voxel grid, before resampling could hide a mismatch
+        # image and label on one voxel grid, before resampling could hide a mismatch; every voxel read
+        # once, so a truncated or non-finite training image is one line now, not a loader traceback later
+        check_files(item, read_data=True)
     dataset = build_dataset(job.data, "training", "train", items=items)
     sampler = EpochSampler(len(dataset), seed=job.seed, shuffle=True, rank=rank, world=world)
     workers = job.data.workers
