@@ -548,8 +548,9 @@ def run_cli(main_fn: Callable, job, prog: str, unit: str = "case") -> int:
         return 128 + stop.signum
     except OSError as err:
         where = f": {err.filename}" if err.filename else ""
+        then = getattr(err, "fix", "run the same command again")  # a job may know better (training: which resume)
         sys.stderr.write(f"{prog}: error: {err.strerror or err}{where} (nothing finished was lost; free space or fix "
-                         "the permissions, then run the same command again)\n")
+                         f"the permissions, then {then})\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")

@@ -122,7 +122,8 @@ def build_trainer(job: TrainingJob, model: nn.Module, device: torch.device, **lo
     # (fp32 unless given: the release attacked in full precision)
     attack = None
     if job.uses_attack:
-        attack = job.attack.build(with_precision(compiled(model, job.compile), job.precision or "fp32"), loss_fn)
+        attack = job.attack.build(with_precision(compiled(model, job.compile, device), job.precision or "fp32"),
+                                  loss_fn)
     return job.trainer_class(job.trainer_config(), model, device, loss_fn=loss_fn, optimizer=optimizer,
                              scheduler=build_scheduler(job.optim, optimizer), attack=attack, **loaders)
 
@@ -257,5 +258,25 @@ def run_training(job: TrainingJob) -> TrainingResult:
     if dist_utils.needs_spawn(job.launch):
         dist_utils.spawn_gpus(job.launch, PROG)  # no GPU: one clear error before anything else
         check_folders(job)
-    result = dist_utils.launch(_train_process, job, job.launch, PROG)
+    try:
+        result = dist_utils.launch(_train_process, job, job.launch, PROG)
+    except OSError as err:  # a full disk, a folder made read-only: say how to go on from what is on disk
+        err.fix = continue_hint(job)  # type: ignore[attr-defined]
+        raise
     return result if result is not None else TrainingResult(run_dir=job.run_dir)
+
+
+def continue_hint(job: TrainingJob) -> str:
+    """How to go on after a file-system fault stopped the run, from what its folder holds:
+    resume from ``model_latest.pt``, else from ``model_best.pt``, else start afresh."""
+    run_dir = job.run_dir
+    if run_dir is None or (job.resume_from is not None and not job.restart):  # a resume resumes again
+        return "run the same command again"
+    if os.path.exists(os.path.join(run_dir, LATEST)):
+        return f"run the same command plus {job.resume_hint}"
+    if os.path.exists(os.path.join(run_dir, BEST)):
+        return f"run the same command plus {job.resume_hint.replace('--resume_latest', '--resume_best')}"
+    if os.path.exists(os.path.join(run_dir, METRICS_FILE)):
+        return (f"no checkpoint was saved to continue from: run the same command with another --save_model_dir "
+                f"(or remove {os.path.join(run_dir, METRICS_FILE)} to start afresh there)")
+    return "run the same command again"
