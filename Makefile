@@ -1,4 +1,6 @@
 # `make test` and `make demo` create .venv on first use and install into it.
+# A stop signal to the process group (SLURM, `timeout`, Ctrl-C) ends the script with 128 + signal and
+# make with the same signal, so the caller sees that status; a rerun continues.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -37,7 +39,9 @@ DEMO_FLAGS = --feature_size 8 --hidden_size 96 --mlp_dim 192 --num_heads 4 --roi
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
 
-# the demo's trained model and data (order-only: a newer venv does not retrain it)
+# the demo's trained model and data (order-only: a newer venv does not retrain it). Precious: make
+# must not delete the checkpoint when a stop signal ends the training (the demo continues from it).
+.PRECIOUS: $(DEMO_OUT)/model/model_best.pt
 $(DEMO_OUT)/model/model_best.pt: | $(STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
 
