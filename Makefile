@@ -39,13 +39,14 @@ DEMO_FLAGS = --feature_size 8 --hidden_size 96 --mlp_dim 192 --num_heads 4 --roi
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
 
-# the demo's trained model and data (order-only: a newer venv does not retrain it). Precious: make
-# must not delete the checkpoint when a stop signal ends the training (the demo continues from it).
-.PRECIOUS: $(DEMO_OUT)/model/model_best.pt
-$(DEMO_OUT)/model/model_best.pt: | $(STAMP)
+# the demo's trained model and data (order-only: a newer venv does not retrain it). The stamp is made
+# only when the demo finished: a model_best.pt of a stopped training is not taken for a trained model
+# (and, not being a target, is never deleted by make when a signal ends the recipe).
+$(DEMO_OUT)/model/.demo_finished: | $(STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
+	touch $@
 
 # the paper's Tables 2 and 4 (VAFA vs q_max, vs block size) on the demo data, at reduced steps, on CPU
-paper-demo: $(DEMO_OUT)/model/model_best.pt | $(STAMP)
+paper-demo: $(DEMO_OUT)/model/.demo_finished | $(STAMP)
 	$(PY) scripts/sweep.py --preset table2 --out $(PAPER_DEMO_OUT)/table2 --steps $(PAPER_DEMO_STEPS) $(DEMO_FLAGS) $(PAPER_DEMO_ARGS)
 	$(PY) scripts/sweep.py --preset table4 --out $(PAPER_DEMO_OUT)/table4 --steps $(PAPER_DEMO_STEPS) $(DEMO_FLAGS) $(PAPER_DEMO_ARGS)
