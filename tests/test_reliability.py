@@ -845,3 +845,13 @@ def test_sigterm_to_the_demos_process_group_during_training_attacks_nothing_and_
         return [line for line in text.splitlines() if line.startswith("|")]
 
     assert tables(table_b) and tables(table_b) == tables(table_a)
+
+
+def test_refused_flags_of_a_transfer_cell_are_one_line(finished, tmp_path, capsys):
+    argv, run_dir = finished
+    checkpoint = argv[argv.index("--pretrained_path") + 1]
+    flags = _transfer_argv(argv, run_dir, tmp_path / "t", checkpoint)
+    flags[flags.index("--model") + 3] += " --roi_x 33"  # not a multiple of UNETR's patch
+    code, err = run_main(_script("transfer_matrix").main, flags, capsys)
+    one_line_error(code, err, 2, "the flags of cell A -> A were refused")
+    assert "roi" in err
