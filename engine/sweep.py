@@ -5,8 +5,10 @@ checkpoint). Every cell is a ``generate_adv_samples.py`` run: its command line i
 from the user's data/model flags, the preset's attack defaults, the user's overrides and
 the cell's swept values (later flags win), parsed and checked by :mod:`engine.cli`, and
 run by :func:`engine.evaluation.run_generation` into ``OUT/runs/<cell>/<attack folder>``.
-A cell whose ``results.json`` was written with the same arguments is reused, so a killed
-sweep resumes where it stopped (and a killed cell resumes at its first unfinished case).
+A cell whose ``results.json`` was written with the same arguments from the same checkpoint
+content (:data:`engine.run_folder.INPUTS_FILE`) is reused, so a killed or stopped sweep resumes
+where it stopped (and a killed cell resumes at its first unfinished case); a checkpoint that
+now holds other weights is refused in one line (``--overwrite`` recomputes).
 
 Presets (``PRESETS``) reproduce the layout of the paper's Tables 1-6; a grid
 (``--grid q_max=10,20 --grid steps=10,20``) sweeps the product of any attack flags.
@@ -330,7 +332,10 @@ def _cell_failed(cell: Cell, code: int) -> Exception:
     from utils.distributed import StopRequested
 
     if code > 128:
-        return StopRequested(code - 128)
+        try:
+            return StopRequested(code - 128)
+        except ValueError:  # not a signal's number
+            pass
     return UserError(f"cell {cell.label!r} failed with exit status {code} (its message is above)")
 
 

@@ -4,9 +4,10 @@ Each surrogate model was attacked white-box by ``generate_adv_samples.py``, whic
 adversarial volumes in a run folder. Every target model is evaluated on every surrogate's saved
 volumes through the evaluation path of ``inference_on_saved_adv_samples.py``
 (:func:`engine.cli.inference_job` -> :func:`engine.evaluation.run_inference`), one run folder per cell
-under ``<out_dir>/cells/``. A cell whose ``results.json`` exists is finished and skipped on a rerun
-(an unfinished cell resumes case by case, as the inference script does). The diagonal is the
-white-box result.
+under ``<out_dir>/cells/``. A cell whose ``results.json`` was made with the same flags from the same
+checkpoint content is reused on a rerun; one made otherwise is refused in one line (``--overwrite``
+recomputes every cell), and an unfinished cell resumes case by case, as the inference script does.
+The diagonal is the white-box result.
 
 Outputs in ``out_dir``: ``transfer.json`` (matrices and per-cell entries), ``transfer.csv`` (one row per
 cell) and ``transfer.png`` (heatmap of adversarial Dice, with the drop from clean), rewritten after

@@ -11,8 +11,9 @@ Examples::
 Every flag not listed below goes to each cell's ``generate_adv_samples.py`` run (see its
 --help): data, model and runtime flags, and overrides of the preset's attack settings such
 as --steps or --max_cases; the swept values win over overrides. Each cell runs into
-OUT/runs/<cell>/<attack folder>; a rerun reuses finished cells (and finished cases), so a
-killed sweep resumes. OUT gets tables.md (ours beside the paper's published numbers for the
+OUT/runs/<cell>/<attack folder>; a rerun reuses finished cells (and finished cases) made from
+the same checkpoint content, so a killed sweep resumes; SIGTERM/SIGUSR1 stop it at a safe point
+with exit status 128 + signal and no table. OUT gets tables.md (ours beside the paper's published numbers for the
 table presets), sweep.csv, sweep.json, dice_vs_<setting>.png, dice_vs_similarity.png and
 the per-organ Dice drop (per_organ.md/.csv/.png).
 """
