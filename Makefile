@@ -1,4 +1,6 @@
 # `make test` and `make demo` create .venv on first use and install into it.
+# A stop signal to the process group (SLURM, `timeout`, Ctrl-C) ends the script with 128 + signal and
+# make with the same signal, so the caller sees that status; a rerun continues.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -37,11 +39,14 @@ DEMO_FLAGS = --feature_size 8 --hidden_size 96 --mlp_dim 192 --num_heads 4 --roi
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
 
-# the demo's trained model and data (order-only: a newer venv does not retrain it)
-$(DEMO_OUT)/model/model_best.pt: | $(STAMP)
+# the demo's trained model and data (order-only: a newer venv does not retrain it). The stamp is made
+# only when the demo finished: a model_best.pt of a stopped training is not taken for a trained model
+# (and, not being a target, is never deleted by make when a signal ends the recipe).
+$(DEMO_OUT)/model/.demo_finished: | $(STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
+	touch $@
 
 # the paper's Tables 2 and 4 (VAFA vs q_max, vs block size) on the demo data, at reduced steps, on CPU
-paper-demo: $(DEMO_OUT)/model/model_best.pt | $(STAMP)
+paper-demo: $(DEMO_OUT)/model/.demo_finished | $(STAMP)
 	$(PY) scripts/sweep.py --preset table2 --out $(PAPER_DEMO_OUT)/table2 --steps $(PAPER_DEMO_STEPS) $(DEMO_FLAGS) $(PAPER_DEMO_ARGS)
 	$(PY) scripts/sweep.py --preset table4 --out $(PAPER_DEMO_OUT)/table4 --steps $(PAPER_DEMO_STEPS) $(DEMO_FLAGS) $(PAPER_DEMO_ARGS)

@@ -458,8 +458,10 @@ def check_case(image, label, num_classes: int, name: str) -> None:
         name: case name for the message.
 
     Raises:
-        UserError: spatial shapes differ, the image holds NaN or Inf, label values are
-            not whole numbers, or lie outside ``0 .. num_classes - 1``.
+        UserError: spatial shapes differ, the image holds NaN or Inf, nothing is left to
+            segment (an empty volume after the foreground crop, or one thinner than two
+            voxels along two axes), label values are not whole numbers, or lie outside
+            ``0 .. num_classes - 1``.
     """
     image_shape, label_shape = tuple(image.shape), tuple(label.shape)
     finite = bool(image.isfinite().all()) if hasattr(image, "isfinite") else bool(np.isfinite(image).all())
@@ -471,9 +473,14 @@ def check_case(image, label, num_classes: int, name: str) -> None:
             f"case {name}: image shape {image_shape} and label shape {label_shape} differ; "
             "image and label files must cover the same voxel grid"
         )
-    size = label.numel() if hasattr(label, "numel") else np.size(label)
-    if size == 0:
-        return
+    spatial = tuple(int(n) for n in image_shape[-3:])
+    if min(spatial) == 0:
+        raise UserError(f"case {name}: nothing to segment: no voxel is above the intensity window's lower end "
+                        "(--a_min), so the foreground crop leaves an empty volume; the image is all air or on "
+                        "another intensity scale: fix its window (--a_min/--a_max) or drop the case")
+    if sum(n > 1 for n in spatial) < 2:
+        raise UserError(f"case {name}: the volume is {spatial} voxels after the foreground crop; the metrics "
+                        "(SSIM, HD95) need more than one voxel along at least two axes: drop the case")
     if hasattr(label, "detach"):  # torch: reduce where the tensor lives
         low, high = float(label.min()), float(label.max())
         whole = bool((label == label.round()).all()) if label.is_floating_point() else True
@@ -501,23 +508,32 @@ def check_files(item: dict, read_data: bool = False) -> None:
     """Refuse a datalist entry whose image and label files do not describe one voxel grid.
 
     Reads the NIfTI headers (and, with ``read_data``, every voxel, which finds a
-    truncated or corrupt file). Run before the transforms: resampling and the foreground
-    crop would otherwise silently bring a mismatched label onto the image grid.
+    truncated or corrupt file and NaN/Inf image voxels before the intensity window could
+    clip them). Run before the transforms: resampling and the foreground crop would
+    otherwise silently bring a mismatched label onto the image grid.
 
     Raises:
-        UserError: a file cannot be read, is not a 3D volume, or the two files differ in
-            shape or affine (origin, spacing or axis directions).
+        UserError: a file cannot be read, is not a 3D volume, the image holds NaN/Inf
+            (``read_data``), or the two files differ in shape or affine (origin, spacing or
+            axis directions).
     """
     import nibabel as nib
 
     shapes, affines = [], []
     for key in KEYS:
+        data = None
         try:
             volume = nib.load(item[key])
             if read_data:
-                np.asanyarray(volume.dataobj)
+                data = np.asanyarray(volume.dataobj)
         except Exception as err:  # nibabel, gzip and zlib raise several types for unreadable files
-            raise UserError(f"cannot read {key} file {item[key]}: {err}") from None
+            raise UserError(f"cannot read {key} file {item[key]}: {' '.join(str(err).split())}; the file is "
+                            "damaged or cut short: restore it or drop the case") from None
+        if key == "image" and data is not None and np.issubdtype(data.dtype, np.floating):
+            bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+            if bad:  # before the intensity window, which would clip an Inf into range
+                raise UserError(f"image file {item[key]} holds {bad} NaN or Inf voxels; fix or drop the file (no "
+                                "metric is computed from non-finite data)")
         shape = tuple(volume.shape)
         if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
             raise UserError(f"{key} file {item[key]} has shape {shape}; a 3D volume [H, W, D] is expected")

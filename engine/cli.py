@@ -547,12 +547,13 @@ def training_job(args: argparse.Namespace):
 # --------------------------------------------------------------------------- running a script
 
 
-def run_cli(main_fn: Callable, job, prog: str) -> int:
+def run_cli(main_fn: Callable, job, prog: str, unit: str = "case") -> int:
     """Run a script body; every ordinary fault ends in one line on stderr.
 
-    ``UserError`` (bad input): exit status 2. A stop signal (evaluation jobs): the finished
-    work is kept, status 128 + signal. A file-system error (disk full, no permission): status 1.
-    The process group, if the body joined one, is left in every case.
+    ``UserError`` (bad input): exit status 2. A stop signal (evaluation jobs, drivers): the
+    finished work (every finished ``unit``) is kept, status 128 + signal. A file-system error
+    (disk full, no permission): status 1. Ctrl-C: status 130. The process group, if the body
+    joined one, is left in every case.
     """
     from utils import distributed as dist_utils
 
@@ -562,13 +563,14 @@ def run_cli(main_fn: Callable, job, prog: str) -> int:
         sys.stderr.write(f"{prog}: error: {_one_line(err)}\n")
         return EXIT_USER_ERROR
     except dist_utils.StopRequested as stop:
-        sys.stderr.write(f"{prog}: stopped by {stop}: every finished case is kept; run the same command again "
+        sys.stderr.write(f"{prog}: stopped by {stop}: every finished {unit} is kept; run the same command again "
                          "to continue\n")
         return 128 + stop.signum
     except OSError as err:
         where = f": {err.filename}" if err.filename else ""
+        then = getattr(err, "fix", "run the same command again")  # a job may know better (training: which resume)
         sys.stderr.write(f"{prog}: error: {err.strerror or err}{where} (nothing finished was lost; free space or fix "
-                         "the permissions, then run the same command again)\n")
+                         f"the permissions, then {then})\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
@@ -576,6 +578,22 @@ def run_cli(main_fn: Callable, job, prog: str) -> int:
     finally:
         dist_utils.cleanup()
     return 0
+
+
+def run_driver(main_fn: Callable, job, prog: str, unit: str = "cell") -> int:
+    """Run a driver's body (sweep, transfer matrix, band analysis, demo: scripts that run
+    many units of work) as :func:`run_cli` does, with SIGTERM/SIGUSR1 recorded for the whole
+    body (:func:`utils.distributed.stop_on_signals`).
+
+    The body calls :func:`utils.distributed.check_stop` before each unit and before its
+    final output; a unit that is an evaluation job stops at its own safe points. Either way
+    the driver ends with one line and status 128 + signal, starting nothing new, and a rerun
+    of the same command continues (finished units are reused). Ctrl-C ends it with 130.
+    """
+    from utils import distributed as dist_utils
+
+    with dist_utils.stop_on_signals():
+        return run_cli(main_fn, job, prog, unit)
 
 
 def _one_line(err: Exception) -> str:

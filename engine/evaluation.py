@@ -96,6 +96,11 @@ class EvalJob:
     fused_loss: bool = False
 
     @property
+    def inputs(self) -> dict:
+        """The files whose content the numbers depend on beyond the flags: ``{"checkpoint": path}``."""
+        return {"checkpoint": self.checkpoint}
+
+    @property
     def tag(self) -> str:
         """``Tr`` or ``Ts``: the release's folder infix of the split."""
         return "Tr" if self.split == "training" else "Ts"
@@ -352,7 +357,8 @@ def _start(job: EvalJob, held: contextlib.ExitStack) -> None:
     setup_logging(log_file, job.verbose)
     if job.run_dir is not None:
         held.enter_context(run_lock(job.run_dir))
-        prepare_run_dir(job.run_dir, job.record, job.runtime_keys, job.overwrite, job.path_keys, job.defaults)
+        prepare_run_dir(job.run_dir, job.record, job.runtime_keys, job.overwrite, job.path_keys, job.defaults,
+                        inputs=job.inputs)
 
 
 def run_generation(job: EvalJob) -> dict:

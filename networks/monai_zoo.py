@@ -42,10 +42,15 @@ def build_swin_unetr(in_channels: int, out_channels: int, img_size: Sequence[int
     """MONAI ``SwinUNETR`` (Hatamizadeh et al., 2022) with instance norm and patch size 2.
 
     Raises:
-        ValueError: an ROI side not divisible by 32 (five 2x downsamplings), a feature size not divisible
-            by 12, or not four depths / heads.
+        ValueError: an ROI side not divisible by 32 (five 2x downsamplings), an ROI of 32^3 (its
+            bottleneck would be one voxel, which instance norm cannot normalise in training), a
+            feature size not divisible by 12, or not four depths / heads.
     """
     _check_divisible("SwinUNETR", img_size, 32)
+    if math.prod(side // 32 for side in img_size) < 2:
+        raise ValueError(f"SwinUNETR needs an ROI with more than one bottleneck voxel (ROI / 32), got roi "
+                         f"{tuple(img_size)}: instance norm on a 1x1x1 bottleneck fails in training and zeroes it "
+                         "in inference; make one side 64 or more (e.g. --roi_x 64)")
     if swin_feature_size % 12:
         raise ValueError(f"--swin_feature_size must be a multiple of 12, got {swin_feature_size}")
     if len(swin_depths) != 4 or len(swin_num_heads) != 4:

@@ -19,6 +19,7 @@ gradients are taken with respect to the input only (attacks) or not at all (infe
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from typing import Optional
 
@@ -136,9 +137,26 @@ def with_precision(model: nn.Module, precision: str) -> nn.Module:
     return model if autocast_dtype(precision) is None else MixedPrecision(model, precision)
 
 
-def compiled(model: nn.Module, enabled: bool) -> nn.Module:
-    """``torch.compile(model)`` when ``enabled`` (weights shared with ``model``), else ``model``."""
-    return torch.compile(model) if enabled else model
+def compiled(model: nn.Module, enabled: bool, device: Optional[torch.device] = None) -> nn.Module:
+    """``torch.compile(model)`` when ``enabled`` (weights shared with ``model``), else ``model``.
+
+    On a CPU a note says, once per process, that the first passes compile (minutes, and often
+    slower than eager passes there), so a long silence is not taken for a hang. ``device``:
+    where the model will run (default: where its parameters are).
+    """
+    if not enabled:
+        return model
+    device = torch.device(device) if device is not None else next((p.device for p in model.parameters()),
+                                                                   torch.device("cpu"))
+    if device.type == "cpu" and not _COMPILE_NOTED:
+        _COMPILE_NOTED.append(True)
+        logging.getLogger(__name__).warning(
+            "--compile on a CPU: the first passes compile the model, which can take minutes (and compiled passes "
+            "are often slower than eager ones on a CPU); drop --compile to start at once")
+    return torch.compile(model)
+
+
+_COMPILE_NOTED: list = []  # the CPU note of compiled() was given
 
 
 def training_precision(device: torch.device, amp: bool, precision: Optional[str]) -> str:

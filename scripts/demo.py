@@ -12,7 +12,9 @@
 4. prints one table comparing clean and adversarial metrics.
 
 Each step prints the command line it runs, so the same commands can be typed by hand.
-Everything lands under ``--out``; a second run reuses what is finished.
+Everything lands under ``--out``; a second run reuses what is finished. SIGTERM/SIGUSR1
+(e.g. from ``timeout``) stop it with exit status 128 + signal and no table: a stopped
+training keeps its last finished epoch and is continued, never attacked, by a rerun.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -41,23 +44,74 @@ ATTACKS = {
 }
 
 
-def run(script, argv: list[str]) -> None:
+def say(script, argv: list[str]) -> None:
     print(f"\n$ python {os.path.basename(script.__file__)} {shlex.join(argv)}", flush=True)
-    code = script.main(argv)
-    if code:
-        sys.exit(code)
+
+
+def train(argv: list[str]):
+    """The training step, run here as ``run_normal_or_adv_training.py`` runs it.
+
+    Raises:
+        StopRequested: the training was stopped by a signal (it saved its last finished
+            epoch and, as the script does, returned normally): nothing may be attacked.
+    """
+    from engine import cli
+    from training.run import run_training
+    from utils.distributed import StopRequested
+
+    say(run_normal_or_adv_training, argv)
+    result = run_training(cli.training_job(run_normal_or_adv_training.parse_args(argv)))
+    if result.preempted:
+        raise StopRequested(getattr(signal, str(result.stop_signal), signal.SIGTERM))
+    return result
+
+
+def attack(argv: list[str]) -> str:
+    """One attack step as ``generate_adv_samples.py`` runs it; returns its run folder (a stop
+    signal ends it at a safe point with :class:`StopRequested`)."""
+    from engine import cli
+    from engine.evaluation import run_generation
+
+    say(generate_adv_samples, argv)
+    job = cli.generation_job(generate_adv_samples.parse_args(argv))
+    run_generation(job)
+    return job.run_dir
+
+
+def epochs_done(model_dir: str) -> int:
+    """Epochs the demo's training has finished (its ``model_latest.pt``), 0 when none."""
+    from networks.checkpoint import read_checkpoint
+
+    latest = os.path.join(model_dir, "model_latest.pt")
+    if not os.path.exists(latest):
+        return 0
+    return int(read_checkpoint(latest).get("epoch", -1)) + 1
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_output", help="folder for data, model and results")
     parser.add_argument("--epochs", type=int, default=200, help="training epochs")
+    parser.add_argument("--steps", type=int, default=10, help="attack steps (each attack)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="training passes (auto: bf16 where the processor has native bfloat16, else fp32); "
                              "the attacks always run in fp32")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading workers")
     args = parser.parse_args(argv)
+    if args.epochs < 1 or args.steps < 1:
+        parser.error("--epochs and --steps must be at least 1")
+    from engine.cli import run_driver
+
+    return run_driver(run_demo, args, "demo.py", unit="step")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    """The three steps and the tables. A stop signal (SIGTERM, SIGUSR1) ends it between steps or
+    at a step's safe point, before any table: a stopped training is never attacked; the same
+    command continues it (``--resume --resume_latest``) and reuses finished attacks."""
+    from utils.distributed import check_stop
+
     started = time.perf_counter()
     out = os.path.abspath(args.out)
     data_dir, model_dir, adv_dir = (os.path.join(out, name) for name in ("data", "model", "adversarial"))
@@ -67,36 +121,44 @@ def main(argv=None) -> int:
 
     print(f"== 1/3 phantom CT dataset -> {data_dir}", flush=True)
     write_phantom_dataset(data_dir, n_train=6, n_val=2, shape=(96, 96, 48), spacing=(1.5, 1.5, 2.0), seed=0)
+    check_stop()
 
     checkpoint = os.path.join(model_dir, "model_best.pt")
     precision = demo_precision(args.precision, args.device)
     print(f"\n== 2/3 train a small UNETR for {args.epochs} epochs ({precision}) -> {model_dir}", flush=True)
-    if os.path.exists(checkpoint) and os.path.exists(os.path.join(model_dir, "metrics.csv")):
-        print(f"(reusing {checkpoint})")
+    done = epochs_done(model_dir)
+    if done >= args.epochs and os.path.exists(checkpoint):
+        print(f"(reusing {checkpoint}: {done} epochs trained)")
     else:
-        run(run_normal_or_adv_training, MODEL + data + runtime + [
+        flags = MODEL + data + runtime + [
             "--save_checkpoint", "--save_model_dir", model_dir, "--max_epochs", str(args.epochs),
             "--val_every", str(max(1, args.epochs // 5)), "--batch_size", "1", "--optim_lr", "4e-3",
             "--lrschedule", "warmup_cosine", "--warmup_epochs", "5", "--crop_sampling", "classes",
             "--RandFlipd_prob", "0", "--RandRotate90d_prob", "0", "--precision", precision,
-            "--infer_overlap", "0.25", "--seed", "0"])
+            "--infer_overlap", "0.25", "--seed", "0"]
+        if done:
+            print(f"(continuing the stopped training after epoch {done - 1})")
+            flags += ["--resume", "--resume_latest", "--checkpoint_dir", model_dir]
+        train(flags)
+    check_stop()
 
     print(f"\n== 3/3 attack the validation cases -> {adv_dir}", flush=True)
     reports = {}
-    for title, attack in ATTACKS.items():
-        argv_ = MODEL + data + runtime + attack + [
+    for title, flags in ATTACKS.items():
+        check_stop()
+        flags = [*flags]
+        flags[flags.index("--steps") + 1] = str(args.steps)
+        run_dir = attack(MODEL + data + runtime + flags + [
             "--use_pretrained", "--pretrained_path", checkpoint, "--gen_val_adv_mode",
-            "--save_adv_images_dir", adv_dir, "--save_figures", "--infer_overlap", "0.25", "--seed", "0"]
-        run(generate_adv_samples, argv_)
-        run_dir = os.path.join(adv_dir, _subdir(argv_))
+            "--save_adv_images_dir", adv_dir, "--save_figures", "--infer_overlap", "0.25", "--seed", "0"])
         with open(os.path.join(run_dir, "results.json")) as f:
             reports[title] = (json.load(f)["overall"], run_dir)
+    check_stop()
 
     print("\n" + comparison_table(reports))
     print("\nDice % per organ:\n" + organ_table(reports))
     print(f"\nfigures: {', '.join(os.path.join(d, 'figures') for _, d in reports.values())}")
     print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
-    return 0
 
 
 def demo_precision(choice: str, device: str | None) -> str:
@@ -119,12 +181,6 @@ def cpu_precision(cpuinfo: str) -> str:
     """bf16 when ``/proc/cpuinfo``'s flags list native bfloat16 instructions, else fp32."""
     flags = set(cpuinfo.split())
     return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32"
-
-
-def _subdir(argv: list[str]) -> str:
-    from engine.cli import adv_subdir_name
-
-    return adv_subdir_name(generate_adv_samples.parse_args(argv))
 
 
 def comparison_table(reports: dict) -> str:

@@ -21,7 +21,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from studies.bands import MEASURES  # noqa: E402
-from utils.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,20 +45,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from studies.bands import BANDS, analyse_run, band_rows
-    from studies.charts import band_plot
-    from engine.cli import setup_logging
-    from utils.io import write_csv, write_json
+    from engine.cli import run_driver, setup_logging
 
     setup_logging()
-    try:
-        analysis = analyse_run(args.run_dir, args.edges, args.measure, args.evaluate, args.pretrained_path,
-                               args.device, args.max_cases)
-    except UserError as err:
-        sys.stderr.write(f"frequency_bands.py: error: {err}\n")
-        return EXIT_USER_ERROR
+    return run_driver(analyse_and_write, args, "frequency_bands.py", unit="output")
+
+
+def analyse_and_write(args: argparse.Namespace) -> None:
+    """The analysis of ``args.run_dir`` into ``--out`` (a stop signal before the files are written
+    leaves none; a rerun analyses again)."""
+    from studies.bands import BANDS, analyse_run, band_rows
+    from studies.charts import band_plot
+    from utils.distributed import check_stop
+    from utils.io import write_csv, write_json
+
     out = args.out or os.path.join(args.run_dir, "frequency_bands")
-    os.makedirs(out, exist_ok=True)
+    os.makedirs(out, exist_ok=True)  # a read-only place fails now, before the analysis
+    if not os.access(out, os.W_OK):
+        raise PermissionError(13, "Permission denied", out)
+    analysis = analyse_run(args.run_dir, args.edges, args.measure, args.evaluate, args.pretrained_path,
+                           args.device, args.max_cases)
+    check_stop()
     write_json(os.path.join(out, "bands.json"), analysis)
     write_csv(os.path.join(out, "bands.csv"), band_rows(analysis))
     overall = analysis["overall"]
@@ -73,7 +79,6 @@ def main(argv=None) -> int:
         if dice:
             print("Dice % " + ", ".join(f"{k} {v:.2f}" for k, v in dice.items()))
     print(f"written: {out}/bands.json, bands.csv, bands.png")
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ Examples::
 Every flag not listed below goes to each cell's ``generate_adv_samples.py`` run (see its
 --help): data, model and runtime flags, and overrides of the preset's attack settings such
 as --steps or --max_cases; the swept values win over overrides. Each cell runs into
-OUT/runs/<cell>/<attack folder>; a rerun reuses finished cells (and finished cases), so a
-killed sweep resumes. OUT gets tables.md (ours beside the paper's published numbers for the
+OUT/runs/<cell>/<attack folder>; a rerun reuses finished cells (and finished cases) made from
+the same checkpoint content, so a killed sweep resumes; SIGTERM/SIGUSR1 stop it at a safe point
+with exit status 128 + signal and no table. OUT gets tables.md (ours beside the paper's published numbers for the
 table presets), sweep.csv, sweep.json, dice_vs_<setting>.png, dice_vs_similarity.png and
 the per-organ Dice drop (per_organ.md/.csv/.png).
 """
@@ -28,7 +29,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attacks import ATTACKS  # noqa: E402
 from studies.sweep import PRESETS, RESERVED_FLAGS, SweepSettings, build_preset  # noqa: E402
-from utils.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -73,24 +73,25 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, passed = parse_args(argv)
-    from engine.cli import setup_logging
+    from engine.cli import run_driver, setup_logging
     from studies.sweep import run_sweep
     from studies.sweep_report import tables_markdown, write_sweep_outputs
+    from utils.distributed import check_stop
 
     setup_logging()
-    try:
+
+    def body(args) -> None:
         preset = build_preset(args.preset, args.grid, args.attack, args.models)
         settings = SweepSettings(preset=preset, overrides=tuple(passed), out=args.out, shard=args.shard,
                                  report_only=args.report_only)
         rows = run_sweep(settings)
-    except UserError as err:
-        sys.stderr.write(f"sweep.py: error: {err}\n")
-        return EXIT_USER_ERROR
-    command = "python scripts/sweep.py " + shlex.join(argv)
-    paths = write_sweep_outputs(preset, rows, args.out, command)
-    print(tables_markdown(preset, rows), flush=True)
-    print("written: " + ", ".join(sorted(paths.values())), flush=True)
-    return 0
+        check_stop()  # stopped after the last cell: no table (a rerun reuses every cell and prints it)
+        command = "python scripts/sweep.py " + shlex.join(argv)
+        paths = write_sweep_outputs(preset, rows, args.out, command)
+        print(tables_markdown(preset, rows), flush=True)
+        print("written: " + ", ".join(sorted(paths.values())), flush=True)
+
+    return run_driver(body, args, "sweep.py")
 
 
 if __name__ == "__main__":

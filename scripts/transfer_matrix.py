@@ -11,8 +11,10 @@ Attack each surrogate first with generate_adv_samples.py (its run folder holds t
         --data_dir data --json_list dataset.json --device cpu
 
 Rows are the surrogates (models with --adv), columns every --model. Each cell runs the evaluation path
-of inference_on_saved_adv_samples.py into <out_dir>/cells/<surrogate>__on__<target>/; finished cells are
-skipped on a rerun. Writes transfer.json, transfer.csv and transfer.png (heatmap) to --out_dir.
+of inference_on_saved_adv_samples.py into <out_dir>/cells/<surrogate>__on__<target>/; a rerun reuses a
+finished cell only when its flags and its checkpoint's content are unchanged (else it is refused in one
+line; --overwrite recomputes). SIGTERM/SIGUSR1 stop it between cells or at a cell's safe point (exit
+128 + signal); the same command continues. Writes transfer.json, transfer.csv and transfer.png (heatmap) to --out_dir.
 
 Any flag not listed below (data: --data_dir, --json_list, --dataset, --space_*, --a_min/--a_max;
 inference: --infer_overlap, --sw_batch_size, --max_cases, --gen_train_adv_mode; runtime: --device,
@@ -29,7 +31,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.cli import ArgumentParser, run_cli, setup_logging  # noqa: E402
+from engine.cli import ArgumentParser, run_driver, setup_logging  # noqa: E402
 from studies.transfer import TransferJob, TransferModel, format_matrix, run_transfer  # noqa: E402
 
 PROG = "transfer_matrix.py"
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
         print(format_matrix(report, "dice_adv"))
         print(format_matrix(report, "drop"), flush=True)
 
-    return run_cli(body, transfer_job(args, rest), PROG)
+    return run_driver(body, transfer_job(args, rest), PROG)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from attacks.frequency import dct, idct
+from utils.distributed import check_stop
 from utils.errors import UserError
 from utils.io import array_to_volume, load_nifti, read_json
 
@@ -130,15 +131,22 @@ def analyse_run(run_dir: str, edges: Sequence[float] = (1 / 3, 2 / 3), measure: 
     path = os.path.join(run_dir, "results.json")
     if not os.path.exists(path):
         raise UserError(f"no results.json in {run_dir}: give a finished generate_adv_samples.py run folder")
-    report = read_json(path)
-    record = report.get("args", {})
+    try:
+        report = read_json(path)
+        record, cases = report["args"], report["per_case"]
+        if not isinstance(record, dict) or not isinstance(cases, dict):
+            raise TypeError("args or per_case is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is unreadable or incomplete ({' '.join(str(err).split())}); run the same "
+                        "generate_adv_samples.py command again to finish the run and rewrite it") from None
     split = "training" if record.get("gen_train_adv_mode") else "validation"
     tag = "Tr" if split == "training" else "Ts"
-    names = list(report.get("per_case", {}))[: max_cases]
+    names = list(cases)[: max_cases]
     predictor = _Predictor(record, checkpoint, device) if evaluate else None
     labels = _label_names(record, split) if evaluate else {}
     per_case = {}
     for name in names:
+        check_stop()  # a safe point between cases (under a driver's stop_on_signals)
         clean = _load(os.path.join(run_dir, f"images{tag}Clean", f"clean_{name}"))
         adv = _load(os.path.join(run_dir, f"images{tag}Adv", f"adv_{name}"))
         delta = adv.double() - clean.double()  # [H, W, D]
@@ -160,7 +168,7 @@ def analyse_run(run_dir: str, edges: Sequence[float] = (1 / 3, 2 / 3), measure: 
                 volume = (clean.double() + keep_bands(delta, bands, keep)).clamp(0, 1).float()
                 dice[key] = predictor.dice(volume, label)
             case["dice"] = dice
-            case["dice_reported"] = report["per_case"][name].get("dice_adv")
+            case["dice_reported"] = (cases[name] or {}).get("dice_adv")
         per_case[name] = case
         logger.info("%s: energy shares %s%s", name, ", ".join(f"{b} {case['share'][b] or 0:.3f}" for b in BANDS),
                     "" if "dice" not in case else " | Dice " + ", ".join(f"{k} {v:.2f}" for k, v in case["dice"].items()))

@@ -5,8 +5,10 @@ checkpoint). Every cell is a ``generate_adv_samples.py`` run: its command line i
 from the user's data/model flags, the attack's paper setting (its class's ``presets``), the user's overrides and
 the cell's swept values (later flags win), parsed and checked by :mod:`engine.cli`, and
 run by :func:`engine.evaluation.run_generation` into ``OUT/runs/<cell>/<attack folder>``.
-A cell whose ``results.json`` was written with the same arguments is reused, so a killed
-sweep resumes where it stopped (and a killed cell resumes at its first unfinished case).
+A cell whose ``results.json`` was written with the same arguments from the same checkpoint
+content (:data:`engine.run_folder.INPUTS_FILE`) is reused, so a killed or stopped sweep resumes
+where it stopped (and a killed cell resumes at its first unfinished case); a checkpoint that
+now holds other weights is refused in one line (``--overwrite`` recomputes).
 
 Presets (``PRESETS``) reproduce the layout of the paper's Tables 1-6; a grid
 (``--grid q_max=10,20 --grid steps=10,20``) sweeps the product of any attack flags.
@@ -24,7 +26,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from attacks import ATTACKS, BIM, FGSM, PGD, VAFA2D, VAFA3D, GaussianNoise, get_attack_class, preset_flags
 from engine import cli
-from engine.run_folder import changed_settings
+from engine.run_folder import changed_inputs, changed_settings
 from studies import paper_tables
 from utils.errors import UserError
 from utils.io import read_json, to_jsonable
@@ -256,37 +258,74 @@ def cell_argv(settings: SweepSettings, cell: Cell) -> list[str]:
 
 
 def finished_report(run_dir: str, args: argparse.Namespace) -> Optional[dict]:
-    """The run folder's ``results.json`` if it was written with these arguments.
+    """The run folder's ``results.json`` if it was written with these arguments from the checkpoint's
+    present content.
 
     The rule of a resumed run (:func:`engine.run_folder.changed_settings`: runtime flags aside, paths
     compared canonically, a flag newer than the record at its default), except that the number of
-    cases must match too: a finished report of fewer cases is not this cell's.
+    cases must match too: a finished report of fewer cases is not this cell's. An unreadable or
+    incomplete ``results.json`` (the sweep's own record) counts as not finished, with a warning: the
+    cell runs again, reusing its finished cases.
     """
     path = os.path.join(run_dir, "results.json")
     if not os.path.exists(path):
         return None
-    report = read_json(path)
-    changed = changed_settings(report.get("args", {}), to_jsonable(vars(args)), cli.RUNTIME_FLAGS - {"max_cases"},
-                               cli.PATH_FLAGS, cli.flag_defaults(cli.EVAL_GROUPS))
-    return None if changed else report
+    try:
+        report = read_json(path)
+        got = report["args"]
+        report["overall"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logger.warning("%s is unreadable or incomplete (%s); the cell is done again", path, err)
+        return None
+    if changed_settings(got, to_jsonable(vars(args)), cli.RUNTIME_FLAGS - {"max_cases"}, cli.PATH_FLAGS,
+                        cli.flag_defaults(cli.EVAL_GROUPS)):
+        return None
+    if changed_inputs(run_dir, {"checkpoint": args.pretrained_path}):
+        return None  # the checkpoint holds other weights now: the cell's run refuses with one line (or --overwrite)
+    return report
 
 
 def run_cell(args: argparse.Namespace) -> int:
-    """One cell, the way ``generate_adv_samples.main`` runs it; the exit status."""
+    """One cell, as ``generate_adv_samples.main`` runs it, in this process; 0 when it finished.
+
+    Its faults are raised, not printed, so that the sweep says them in one line: a
+    ``UserError`` (bad input), :class:`utils.distributed.StopRequested` (a stop signal at one
+    of the job's safe points), ``OSError``. A runner that is another process may instead
+    return its exit status (see :func:`run_sweep`).
+    """
     from engine.evaluation import run_generation
 
-    return cli.run_script(cli.generation_job, run_generation, args, "generate_adv_samples.py")
+    run_generation(cli.generation_job(args))
+    return 0
+
+
+def _cell_failed(cell: Cell, code: int) -> Exception:
+    """A runner's non-zero exit status as the sweep's error: 128 + signal (the cell was stopped)
+    stops the sweep with that status; anything else is a failed cell."""
+    from utils.distributed import StopRequested
+
+    if code > 128:
+        try:
+            return StopRequested(code - 128)
+        except ValueError:  # not a signal's number
+            pass
+    return UserError(f"cell {cell.label!r} failed with exit status {code} (its message is above)")
 
 
 def run_sweep(settings: SweepSettings, runner: Optional[Callable] = None) -> list[dict]:
     """Run (or reuse) every cell of this process's share and return one row per cell.
 
     Cells whose block does not divide the ROI are skipped with a note; other invalid
-    flags stop the sweep before anything runs.
+    flags stop the sweep before anything runs. A stop signal (under
+    :func:`engine.cli.run_driver`) is honoured before each cell and inside a running one;
+    the cells finished so far are kept and reused by a rerun.
 
     Raises:
-        UserError: invalid flags in a cell, or a cell's run failed.
+        UserError: invalid flags in a cell, or a cell's run failed (one line naming the cell).
+        utils.distributed.StopRequested: a stop signal arrived.
     """
+    from utils.distributed import check_stop
+
     runner = runner or run_cell
     index, count = settings.shard
     planned = []
@@ -309,11 +348,16 @@ def run_sweep(settings: SweepSettings, runner: Optional[Callable] = None) -> lis
         report = finished_report(run_dir, args)
         status = "reused" if report is not None else "pending"
         if report is None and not settings.report_only and position % count == index:
+            check_stop()  # nothing new starts after a stop signal
             logger.info("sweep cell %d/%d: %s -> %s", position + 1, len(planned), cell.label, run_dir)
-            code = runner(args)
-            cli.setup_logging(None, getattr(args, "verbose", False))  # back to the console only
+            try:
+                code = runner(args)
+            except UserError as err:
+                raise UserError(f"cell {cell.label!r}: {' '.join(str(err).split())}") from None
+            finally:
+                cli.setup_logging(None, getattr(args, "verbose", False))  # back to the console only
             if code:
-                raise UserError(f"cell {cell.label!r} failed with exit status {code}; see {run_dir}/log.out")
+                raise _cell_failed(cell, code)
             report = finished_report(run_dir, args)
             status = "done" if report is not None else "pending"
         rows.append(cell_row(settings.preset, cell, run_dir, report, status, note))

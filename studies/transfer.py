@@ -4,9 +4,10 @@ Each surrogate model was attacked white-box by ``generate_adv_samples.py``, whic
 adversarial volumes in a run folder. Every target model is evaluated on every surrogate's saved
 volumes through the evaluation path of ``inference_on_saved_adv_samples.py``
 (:func:`engine.cli.inference_job` -> :func:`engine.evaluation.run_inference`), one run folder per cell
-under ``<out_dir>/cells/``. A cell whose ``results.json`` exists is finished and skipped on a rerun
-(an unfinished cell resumes case by case, as the inference script does). The diagonal is the
-white-box result.
+under ``<out_dir>/cells/``. A cell whose ``results.json`` was made with the same flags from the same
+checkpoint content is reused on a rerun; one made otherwise is refused in one line (``--overwrite``
+recomputes every cell), and an unfinished cell resumes case by case, as the inference script does.
+The diagonal is the white-box result.
 
 Outputs in ``out_dir``: ``transfer.json`` (matrices and per-cell entries), ``transfer.csv`` (one row per
 cell) and ``transfer.png`` (heatmap of adversarial Dice, with the drop from clean), rewritten after
@@ -129,8 +130,35 @@ def cell_argv(job: TransferJob, surrogate: TransferModel, target: TransferModel)
             *(["--overwrite"] if job.overwrite else [])]
 
 
+def finished_overall(cell_folder: str, eval_job) -> dict | None:
+    """The cell's overall metrics when its ``results.json`` was made by exactly this evaluation:
+    the same settings (``args.json``, runtime flags aside) and the same checkpoint content
+    (:data:`engine.run_folder.INPUTS_FILE`). ``None`` otherwise: the cell then runs, which
+    resumes it, or refuses a folder made otherwise in one line (``--overwrite`` recomputes).
+    An unreadable or incomplete record is redone with a warning."""
+    from engine.run_folder import changed_inputs, changed_settings
+
+    results = os.path.join(cell_folder, "results.json")
+    if not os.path.isfile(results):
+        return None
+    try:
+        report = read_json(results)
+        overall, recorded = report["overall"], report["args"]
+        if not isinstance(overall, dict) or not isinstance(recorded, dict):
+            raise TypeError("not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logger.warning("%s is unreadable or incomplete (%s); the cell is evaluated again", results, err)
+        return None
+    if changed_settings(recorded, eval_job.record, eval_job.runtime_keys, eval_job.path_keys, eval_job.defaults):
+        return None
+    if changed_inputs(cell_folder, eval_job.inputs):
+        return None
+    return overall
+
+
 def run_cell(job: TransferJob, surrogate: TransferModel, target: TransferModel) -> dict:
-    """The cell's overall metrics: read from its ``results.json`` when finished, else evaluated now.
+    """The cell's overall metrics: read from its ``results.json`` when that was made from the same
+    flags and checkpoint content (:func:`finished_overall`), else evaluated now.
 
     Raises:
         UserError: the cell's flags are refused (one line naming the flag) or its inference run fails.
@@ -138,22 +166,29 @@ def run_cell(job: TransferJob, surrogate: TransferModel, target: TransferModel) 
     from engine import cli
     from engine.evaluation import run_inference
 
-    results = os.path.join(cell_dir(job, surrogate, target), "results.json")
-    if os.path.isfile(results) and not job.overwrite:
-        logger.info("cell %s -> %s finished earlier, skipped", surrogate.label, target.label)
-        return read_json(results)["overall"]
+    folder = cell_dir(job, surrogate, target)
+    results = os.path.join(folder, "results.json")
     argv = cell_argv(job, surrogate, target)
-    logger.info("cell %s -> %s: inference_on_saved_adv_samples.py %s", surrogate.label, target.label,
-                shlex.join(argv))
     try:
-        args = cli.parse_inference_args(argv)
-    except SystemExit as exit_:
-        raise UserError(f"the flags of cell {surrogate.label} -> {target.label} were refused (message above); "
-                        f"flags: {shlex.join(argv)}") from exit_
-    report = run_inference(cli.inference_job(args))
+        args = cli.parse_inference_args(argv, raising=True)
+    except UserError as err:
+        raise UserError(f"the flags of cell {surrogate.label} -> {target.label} were refused: "
+                        f"{' '.join(str(err).split())}; flags: {shlex.join(argv)}") from None
+    try:
+        eval_job = cli.inference_job(args)
+        if not job.overwrite:
+            overall = finished_overall(folder, eval_job)
+            if overall is not None:
+                logger.info("cell %s -> %s finished earlier with the same flags and checkpoint, reused",
+                            surrogate.label, target.label)
+                return overall
+        logger.info("cell %s -> %s: inference_on_saved_adv_samples.py %s", surrogate.label, target.label,
+                    shlex.join(argv))
+        report = run_inference(eval_job)
+    except UserError as err:
+        raise UserError(f"cell {surrogate.label} -> {target.label}: {' '.join(str(err).split())}") from None
     if not report or not os.path.isfile(results):
-        raise UserError(f"cell {surrogate.label} -> {target.label} produced no results.json in "
-                        f"{os.path.dirname(results)}")
+        raise UserError(f"cell {surrogate.label} -> {target.label} produced no results.json in {folder}")
     return report["overall"]
 
 
@@ -235,7 +270,9 @@ def run_transfer(job: TransferJob) -> dict:
 
     Raises:
         UserError: bad models (:func:`check_models`) or a cell that fails.
+        utils.distributed.StopRequested: a stop signal (under :func:`engine.cli.run_driver`).
     """
+    from utils.distributed import check_stop
     from utils.logs import setup_logging
 
     check_models(job.models)
@@ -244,9 +281,13 @@ def run_transfer(job: TransferJob) -> dict:
     report: dict = {}
     for surrogate in job.surrogates:
         for target in job.targets:
-            cells[(surrogate.label, target.label)] = cell_entry(run_cell(job, surrogate, target))
-            setup_logging(None)  # the cell's run folder log is closed; keep logging to the console
+            check_stop()  # nothing new starts after a stop signal (finished cells are reused by a rerun)
+            try:
+                cells[(surrogate.label, target.label)] = cell_entry(run_cell(job, surrogate, target))
+            finally:
+                setup_logging(None)  # the cell's run folder log is closed; keep logging to the console
             report = write_outputs(job, cells)
+    check_stop()
     logger.info("transfer matrix written to %s", os.path.join(job.out_dir, "transfer.json"))
     return report
 

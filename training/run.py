@@ -14,6 +14,7 @@ import torch.nn as nn
 from attacks import AttackSettings
 from data.loading import CROPS_PER_VOLUME, DataSettings, build_dataset, build_loader, check_files
 from data.sampling import EpochSampler, EpochSeededDataset
+from engine.run_folder import run_lock
 from training.losses import DeepSupervisionLoss, build_dice_ce
 from training.optim import SCHEDULES, OptimSettings, build_optimizer, build_scheduler
 from networks import ModelSettings, WindowSettings, compiled, load_model_weights, with_precision
@@ -121,20 +122,23 @@ def build_trainer(job: TrainingJob, model: nn.Module, device: torch.device, **lo
     # (fp32 unless given: the release attacked in full precision)
     attack = None
     if job.uses_attack:
-        attack = job.attack.build(with_precision(compiled(model, job.compile), job.precision or "fp32"), loss_fn)
+        attack = job.attack.build(with_precision(compiled(model, job.compile, device), job.precision or "fp32"),
+                                  loss_fn)
     return job.trainer_class(job.trainer_config(), model, device, loss_fn=loss_fn, optimizer=optimizer,
                              scheduler=build_scheduler(job.optim, optimizer), attack=attack, **loaders)
 
 
 def build_train_loader(job: TrainingJob, rank: int = 0, world: int = 1):
-    """Training loader: ``batch_size`` volumes per step, each giving 4 crops (MONAI's collate
+    """Training loader (every file checked and read once first): ``batch_size`` volumes per step, each giving 4 crops (MONAI's collate
     flattens them: a batch holds ``4 * batch_size`` crops), ordered and augmented
     reproducibly per epoch (:class:`data.sampling.EpochSampler`)."""
     from monai.data import DataLoader
 
     items = job.data.items("training")
     for item in items:
-        check_files(item)  # image and label on one voxel grid, before resampling could hide a mismatch
+        # image and label on one voxel grid, before resampling could hide a mismatch; every voxel read
+        # once, so a truncated or non-finite training image is one line now, not a loader traceback later
+        check_files(item, read_data=True)
     dataset = build_dataset(job.data, "training", "train", items=items)
     sampler = EpochSampler(len(dataset), seed=job.seed, shuffle=True, rank=rank, world=world)
     workers = job.data.workers
@@ -191,15 +195,21 @@ def _log_header(job: TrainingJob, device: torch.device, world: int) -> None:
 
 
 def _train_process(job: TrainingJob, device: torch.device) -> TrainingResult:
-    """One process of a run (the only one, or one rank)."""
-    from utils.logs import setup_logging
-
+    """One process of a run (the only one, or one rank); the run folder is locked for the run
+    (rank 0), so a second training into it is refused instead of replacing its files."""
     rank, world = dist_utils.rank_and_world()
     check_folders(job)
     seed_everything(job.seed)
     model = job.model.build()
     if job.pretrained and job.resume_from is None:  # before any folder is made: a wrong checkpoint leaves none
         load_model_weights(model, job.pretrained)
+    with run_lock(job.run_dir, hint="wait for it to finish or choose another --save_model_dir"):
+        check_folders(job)  # again, holding the lock: a run that started meanwhile has written its files
+        return _train_locked(job, device, model, rank, world)
+
+
+def _train_locked(job: TrainingJob, device: torch.device, model: nn.Module, rank: int, world: int) -> TrainingResult:
+    from utils.logs import setup_logging
 
     main = rank == 0
     run_dir = job.run_dir
@@ -248,5 +258,25 @@ def run_training(job: TrainingJob) -> TrainingResult:
     if dist_utils.needs_spawn(job.launch):
         dist_utils.spawn_gpus(job.launch, PROG)  # no GPU: one clear error before anything else
         check_folders(job)
-    result = dist_utils.launch(_train_process, job, job.launch, PROG)
+    try:
+        result = dist_utils.launch(_train_process, job, job.launch, PROG)
+    except OSError as err:  # a full disk, a folder made read-only: say how to go on from what is on disk
+        err.fix = continue_hint(job)  # type: ignore[attr-defined]
+        raise
     return result if result is not None else TrainingResult(run_dir=job.run_dir)
+
+
+def continue_hint(job: TrainingJob) -> str:
+    """How to go on after a file-system fault stopped the run, from what its folder holds:
+    resume from ``model_latest.pt``, else from ``model_best.pt``, else start afresh."""
+    run_dir = job.run_dir
+    if run_dir is None or (job.resume_from is not None and not job.restart):  # a resume resumes again
+        return "run the same command again"
+    if os.path.exists(os.path.join(run_dir, LATEST)):
+        return f"run the same command plus {job.resume_hint}"
+    if os.path.exists(os.path.join(run_dir, BEST)):
+        return f"run the same command plus {job.resume_hint.replace('--resume_latest', '--resume_best')}"
+    if os.path.exists(os.path.join(run_dir, METRICS_FILE)):
+        return (f"no checkpoint was saved to continue from: run the same command with another --save_model_dir "
+                f"(or remove {os.path.join(run_dir, METRICS_FILE)} to start afresh there)")
+    return "run the same command again"

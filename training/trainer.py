@@ -325,6 +325,16 @@ class Trainer:
             return
         if ckpt.get("epoch") is None:
             raise UserError(f"checkpoint {path} records no epoch; use --resume_but_restart to start from its weights")
+        saved = ckpt.get("args") if isinstance(ckpt.get("args"), Mapping) else {}
+        if "precision" in saved:  # a run's passes keep one precision (the record would say otherwise)
+            def flags(precision, amp):
+                return f"--precision {precision}" if precision else ("no --precision" if amp else "--noamp")
+
+            then, now = flags(saved.get("precision"), not saved.get("noamp", False)), flags(self.config.precision,
+                                                                                             self.config.amp)
+            if then != now:
+                raise UserError(f"{path} was trained with {then}, this resume asks for {now}; resume with the run's "
+                                "own precision flags, or start a new run from its weights with --resume_but_restart")
         self.start_epoch = int(ckpt["epoch"]) + 1
         self.best_acc = float(ckpt.get("best_acc") or 0.0)
         self.last_acc = float(ckpt["epoch_acc"]) if ckpt.get("epoch_acc") is not None else None
@@ -437,6 +447,9 @@ class Trainer:
             return result
         self._open_outputs()
         previous_handlers = self.install_signal_handlers()
+        pending = dist_utils.pending_stop()  # a driver's (the demo's) stop request from before the loop
+        if pending is not None:
+            self.stop_signal = signal.Signals(pending).name
         try:
             for epoch in range(self.start_epoch, config.max_epochs):
                 if self.stop_requested():

@@ -358,25 +358,33 @@ class StopRequested(Exception):
 _stop_signal: list = []  # the stop signal received while stop_on_signals() is active
 
 
+def _record_stop(signum, frame) -> None:  # noqa: ARG001 - signal API
+    _stop_signal.append(signum)
+
+
 @contextlib.contextmanager
 def stop_on_signals():
     """Within the block, SIGTERM/SIGUSR1 are recorded and :func:`check_stop` raises
     :class:`StopRequested` at the next safe point (the evaluation jobs check between tile
     batches and cases: every file is written atomically and a case is marked finished
     last). Raising from the handler itself could land anywhere, even inside logging's
-    locks. Outside the main thread: no change."""
+    locks. Outside the main thread: no change.
+
+    Blocks nest: a driver (sweep, transfer matrix, band analysis, demo) holds one around
+    all of its units and calls :func:`check_stop` between them; the block of a unit run
+    inside it (an evaluation job) then records into the driver's, so a signal that arrives
+    as the unit ends is still seen by the driver, which starts nothing new."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def record(signum, frame):  # noqa: ARG001 - signal API
-        _stop_signal.append(signum)
-
+    if all(signal.getsignal(getattr(signal, name)) is _record_stop for name in STOP_SIGNALS):
+        yield  # inside an enclosing block: it records, and it clears at its own end
+        return
     _stop_signal.clear()
-    previous = {name: signal.signal(getattr(signal, name), record) for name in STOP_SIGNALS}
+    previous = {name: signal.signal(getattr(signal, name), _record_stop) for name in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -389,6 +397,12 @@ def check_stop() -> None:
     """Raise :class:`StopRequested` if a stop signal arrived under :func:`stop_on_signals`."""
     if _stop_signal:
         raise StopRequested(_stop_signal[0])
+
+
+def pending_stop() -> int | None:
+    """The stop signal recorded under :func:`stop_on_signals` so far (``None``: none), for a loop
+    with its own handlers (the trainer's) that starts inside a driver's block."""
+    return _stop_signal[0] if _stop_signal else None
 
 
 def _forward_signal(signum, frame) -> None:  # noqa: ARG001 - signal API

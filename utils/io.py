@@ -173,6 +173,47 @@ def save_nifti(path: str, array: np.ndarray, affine: np.ndarray | torch.Tensor, 
 
 
 def load_nifti(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(array, affine)`` of a NIfTI file, array in its stored dtype."""
-    image = nib.load(path)
-    return np.asanyarray(image.dataobj), image.affine
+    """``(array, affine)`` of a NIfTI file, array in its stored dtype.
+
+    Raises:
+        UserError: the file cannot be read whole (truncated, not NIfTI), naming it.
+    """
+    from utils.errors import UserError
+
+    try:
+        image = nib.load(path)
+        return np.asanyarray(image.dataobj), image.affine
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as err:  # nibabel, gzip and zlib raise several types for damaged files
+        raise UserError(f"cannot read {path} ({' '.join(str(err).split())}); the file is damaged or cut short: "
+                        "restore it or make it again") from None
+
+
+def file_fingerprint(path: str, digest: bool = True) -> dict:
+    """What identifies a file's content: ``{"size", "mtime_ns", "sha256"}`` (no hash with ``digest=False``)."""
+    import hashlib
+
+    stat = os.stat(path)
+    found: dict = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if digest:
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+        found["sha256"] = sha.hexdigest()
+    return found
+
+
+def same_content(recorded: Mapping, path: str) -> bool:
+    """Whether ``path`` holds the content ``recorded`` (a :func:`file_fingerprint`): equal size and
+    modification time count as the same file; otherwise the SHA-256 decides (a copied or
+    touched file with the same bytes is the same)."""
+    if not os.path.isfile(path):
+        return False
+    now = file_fingerprint(path, digest=False)
+    if now["size"] != recorded.get("size"):
+        return False
+    if now["mtime_ns"] == recorded.get("mtime_ns"):
+        return True
+    return file_fingerprint(path)["sha256"] == recorded.get("sha256")
