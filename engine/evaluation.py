@@ -25,7 +25,7 @@ from attacks import AttackSettings
 from data.loading import DataSettings, build_dataset, check_case, check_files, class_names, plain_tensor
 from training.losses import build_dice_ce
 from engine.reports import case_rows, format_summary, report_case, summarise
-from engine.run_folder import prepare_run_dir, run_lock
+from utils.run_folder import prepare_run_dir, run_lock
 from networks import ModelSettings, WindowSettings, compiled, load_model_weights, predict_volume, with_precision
 from utils import distributed as dist_utils
 from utils.distributed import LaunchSettings

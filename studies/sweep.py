@@ -6,7 +6,7 @@ from the user's data/model flags, the attack's paper setting (its class's ``pres
 the cell's swept values (later flags win), parsed and checked by :mod:`engine.cli`, and
 run by :func:`engine.evaluation.run_generation` into ``OUT/runs/<cell>/<attack folder>``.
 A cell whose ``results.json`` was written with the same arguments from the same checkpoint
-content (:data:`engine.run_folder.INPUTS_FILE`) is reused, so a killed or stopped sweep resumes
+content (:data:`utils.run_folder.INPUTS_FILE`) is reused, so a killed or stopped sweep resumes
 where it stopped (and a killed cell resumes at its first unfinished case); a checkpoint that
 now holds other weights is refused in one line (``--overwrite`` recomputes).
 
@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from attacks import ATTACKS, BIM, FGSM, PGD, VAFA2D, VAFA3D, GaussianNoise, get_attack_class, preset_flags
 from engine import cli
-from engine.run_folder import changed_inputs, changed_settings
+from utils.run_folder import changed_inputs, changed_settings
 from studies import paper_tables
 from utils.errors import UserError
 from utils.io import read_json, to_jsonable
@@ -261,7 +261,7 @@ def finished_report(run_dir: str, args: argparse.Namespace) -> Optional[dict]:
     """The run folder's ``results.json`` if it was written with these arguments from the checkpoint's
     present content.
 
-    The rule of a resumed run (:func:`engine.run_folder.changed_settings`: runtime flags aside, paths
+    The rule of a resumed run (:func:`utils.run_folder.changed_settings`: runtime flags aside, paths
     compared canonically, a flag newer than the record at its default), except that the number of
     cases must match too: a finished report of fewer cases is not this cell's. An unreadable or
     incomplete ``results.json`` (the sweep's own record) counts as not finished, with a warning: the

@@ -133,10 +133,10 @@ def cell_argv(job: TransferJob, surrogate: TransferModel, target: TransferModel)
 def finished_overall(cell_folder: str, eval_job) -> dict | None:
     """The cell's overall metrics when its ``results.json`` was made by exactly this evaluation:
     the same settings (``args.json``, runtime flags aside) and the same checkpoint content
-    (:data:`engine.run_folder.INPUTS_FILE`). ``None`` otherwise: the cell then runs, which
+    (:data:`utils.run_folder.INPUTS_FILE`). ``None`` otherwise: the cell then runs, which
     resumes it, or refuses a folder made otherwise in one line (``--overwrite`` recomputes).
     An unreadable or incomplete record is redone with a warning."""
-    from engine.run_folder import changed_inputs, changed_settings
+    from utils.run_folder import changed_inputs, changed_settings
 
     results = os.path.join(cell_folder, "results.json")
     if not os.path.isfile(results):

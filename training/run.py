@@ -14,7 +14,7 @@ import torch.nn as nn
 from attacks import AttackSettings
 from data.loading import CROPS_PER_VOLUME, DataSettings, build_dataset, build_loader, check_files
 from data.sampling import EpochSampler, EpochSeededDataset
-from engine.run_folder import run_lock
+from utils.run_folder import run_lock
 from training.losses import DeepSupervisionLoss, build_dice_ce
 from training.optim import SCHEDULES, OptimSettings, build_optimizer, build_scheduler
 from networks import ModelSettings, WindowSettings, compiled, load_model_weights, with_precision

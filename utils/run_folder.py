@@ -1,4 +1,4 @@
-"""Run folders of the evaluation scripts: create, reuse for a resume, or refuse to mix runs."""
+"""Run folders of the scripts (evaluation and training): create, lock, reuse for a resume, or refuse to mix runs."""
 
 from __future__ import annotations
 
