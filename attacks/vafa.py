@@ -250,10 +250,18 @@ class VAFA(Attack):
         return torch.clamp(adv.detach(), 0, 1)
 
     @classmethod
-    def folder_name(cls, values) -> str:
-        """The release's folder name; ``--vafa_normalise clip`` adds ``_clip`` (the default adds nothing)."""
-        mode = values.get("vafa_normalise", "slice")
-        return super().folder_name(values) + ("" if mode == "slice" else f"_{mode}")
+    def format_folder_name(cls, values) -> str:
+        """The release's folder name; settings the release did not vary add a part only when they
+        differ from its values: ``_q_min_<q_min>`` (release 5), ``_q_init_<q_init>`` (release
+        ``max``), then ``_clip`` for ``--vafa_normalise clip``."""
+        name = super().format_folder_name(values)
+        q_min = values.get("q_min", Q_MIN.default)
+        if q_min != Q_MIN.default:
+            name += f"_q_min_{q_min}"
+        if values.get("q_init", Q_INIT.default) != Q_INIT.default:
+            name += f"_q_init_{values['q_init']}"
+        mode = values.get("vafa_normalise", NORMALISE.default)
+        return name + ("" if mode == NORMALISE.default else f"_{mode}")
 
     @classmethod
     def summary(cls, values) -> str:

@@ -45,6 +45,9 @@ VOLUME_FLAGS = ("dataset", "a_min", "a_max", "b_min", "b_max", "space_x", "space
 PATH_FLAGS = frozenset({"data_dir", "json_list", "pretrained_path", "adv_images_dir"})
 """Flags holding paths: a resume compares them as canonical paths."""
 
+DEFAULT_MODEL = "unet-r"
+"""The release's model: run-folder names name any other."""
+
 LR_SCHEDULES = ("warmup_cosine", "cosine_anneal")
 """``--lrschedule`` values with a schedule; any other value trains at a constant rate (release)."""
 
@@ -65,7 +68,7 @@ def make_parser(description: str) -> ArgumentParser:
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--model_name", default="unet-r", choices=tuple(MODELS), help="network architecture")
+    g.add_argument("--model_name", default=DEFAULT_MODEL, choices=tuple(MODELS), help="network architecture")
     g.add_argument("--in_channels", default=1, type=int, help="input channels")
     g.add_argument("--out_channels", default=None, type=int,
                    help="output classes, background included (default: the dataset's class count, btcv 14)")
@@ -368,10 +371,32 @@ def attack_settings(args: argparse.Namespace) -> AttackSettings:
                           target_class=args.target_class, batch_size=args.attack_batch_size)
 
 
+def run_folder_names(args: argparse.Namespace) -> list[str]:
+    """The run-folder name of the selected attack, then the other spellings older runs used.
+
+    The attack's name (:meth:`attacks.AttackSettings.folder_name`, the release's names with
+    one spelling per value), plus ``_<model>`` for a model other than the release's
+    ``unet-r`` and ``_<precision>`` for model passes other than fp32: every setting that
+    changes the numbers and that a user varies within one parent folder.
+    """
+    model, precision = getattr(args, "model_name", DEFAULT_MODEL), getattr(args, "precision", None)
+    suffix = ("" if model == DEFAULT_MODEL else f"_{model}") + ("" if precision in (None, "fp32") else f"_{precision}")
+    return [name + suffix for name in attack_settings(args).folder_names()]
+
+
 def adv_subdir_name(args: argparse.Namespace) -> str:
-    """The release's run-folder name of the selected attack (from the attack class)."""
-    cls = get_attack_class(args.attack_name)
-    return cls.folder_name(option_values(cls.options, args))
+    """The run-folder name of the selected attack and model (:func:`run_folder_names`' first)."""
+    return run_folder_names(args)[0]
+
+
+def existing_or_new(parent: str, names: Sequence[str]) -> str:
+    """``parent/<name>`` of the first name that exists there (an older run's spelling is
+    found), else ``parent/<names[0]>``."""
+    for name in names:
+        path = os.path.normpath(os.path.join(parent, name))
+        if os.path.isdir(path):
+            return path
+    return os.path.normpath(os.path.join(parent, names[0]))
 
 
 def model_settings(args: argparse.Namespace) -> ModelSettings:
@@ -424,16 +449,15 @@ def generation_job(args: argparse.Namespace):
     attack = attack_settings(args)
     run_dir = None
     if not args.debugging:
-        sub = "" if args.no_sub_dir_adv_images else attack.folder_name()
-        run_dir = os.path.normpath(os.path.join(args.save_adv_images_dir, sub))
+        names = [""] if args.no_sub_dir_adv_images else run_folder_names(args)
+        run_dir = existing_or_new(args.save_adv_images_dir, names)
     return _eval_job(args, run_dir, attack.summary())
 
 
 def inference_job(args: argparse.Namespace):
     """:class:`engine.evaluation.EvalJob` of ``inference_on_saved_adv_samples.py``."""
     attack = attack_settings(args)
-    sub = "" if args.no_sub_dir_adv_images else attack.folder_name()
-    folder = os.path.normpath(os.path.join(args.adv_images_dir, sub))
+    folder = existing_or_new(args.adv_images_dir, [""] if args.no_sub_dir_adv_images else run_folder_names(args))
     if not os.path.isdir(folder):
         hint = "" if args.no_sub_dir_adv_images else (" (the attack flags name the sub-folder; pass "
                                                      "--no_sub_dir_adv_images to use the folder itself)")
@@ -473,14 +497,14 @@ def training_job(args: argparse.Namespace):
     from engine.training import TrainingJob
 
     attack = attack_settings(args)
-    sub = attack.folder_name() if args.adv_training_mode and not args.no_sub_dir_model else ""
+    names = run_folder_names(args) if args.adv_training_mode and not args.no_sub_dir_model else [""]
     checkpoint = None
     if args.resume:
-        checkpoint = os.path.normpath(os.path.join(args.checkpoint_dir, sub,
-                                                   "model_best.pt" if args.resume_best else "model_latest.pt"))
+        checkpoint = os.path.join(existing_or_new(args.checkpoint_dir, names),
+                                  "model_best.pt" if args.resume_best else "model_latest.pt")
     continuing = args.resume and not args.resume_but_restart
     parent = args.checkpoint_dir if continuing else args.save_model_dir
-    run_dir = None if args.debugging else os.path.normpath(os.path.join(parent, sub))
+    run_dir = None if args.debugging else existing_or_new(parent, names)
     resume_hint = f"--resume --resume_latest --checkpoint_dir {parent}" + (" --no_sub_dir_model" if args.no_sub_dir_model else "")
     mode = ("vaft" if args.freq_reg_mode else "adversarial") if args.adv_training_mode else "normal"
     return TrainingJob(
