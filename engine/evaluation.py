@@ -345,14 +345,14 @@ def load_trained_model(settings: ModelSettings, checkpoint: str, device: torch.d
 
 
 def _start(job: EvalJob, held: contextlib.ExitStack) -> None:
-    """Logging and the run folder (locked until ``held`` closes), once this process is in its group."""
+    """The run folder and its log file (locked until ``held`` closes), once this process is in its group."""
     from engine.cli import setup_logging
 
-    log_file = os.path.join(job.run_dir, "log.out") if job.run_dir and dist_utils.is_main_process() else None
-    setup_logging(log_file, job.verbose)
     if job.run_dir is not None:
         held.enter_context(run_lock(job.run_dir))
         prepare_run_dir(job.run_dir, job.record, job.runtime_keys, job.overwrite, job.path_keys, job.defaults)
+    log_file = os.path.join(job.run_dir, "log.out") if job.run_dir and dist_utils.is_main_process() else None
+    setup_logging(log_file, job.verbose)
 
 
 def run_generation(job: EvalJob) -> dict:
@@ -377,10 +377,13 @@ def _run_job(job: EvalJob, device: torch.device, prepare: Callable[[nn.Module], 
     """What both jobs share: stops at safe points, the locked run folder, the model, the case
     loop and the report; ``prepare(model)`` gives the job's way to get adversarial volumes."""
     with dist_utils.stop_on_signals(), contextlib.ExitStack() as held:
+        from engine.cli import setup_logging
+
         started = time.perf_counter()
+        setup_logging(None, job.verbose)
         items = job.items()
-        _start(job, held)
-        model = load_trained_model(job.model, job.checkpoint, device)
+        model = load_trained_model(job.model, job.checkpoint, device)  # a wrong checkpoint leaves no folder
+        _start(job, held)  # the run folder, once the run has started correctly
         model = with_precision(compiled(model, job.compile), job.precision)
         evaluator = CaseEvaluator(job, model, device, save_volumes=save_volumes)
         results = evaluator.run(items, prepare(model))

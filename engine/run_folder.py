@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from typing import Any, Mapping
@@ -15,6 +16,8 @@ RUN_FILES = ("results.json", "per_case.csv", "args.json", "log.out")
 RUN_FOLDERS = ("cases", "figures", "imagesTsClean", "labelsTsClean", "imagesTsAdv",
                "imagesTrClean", "labelsTrClean", "imagesTrAdv")
 LOCK_FILE = ".lock"
+
+logger = logging.getLogger(__name__)
 
 
 def _canonical(value: Any) -> Any:
@@ -34,6 +37,14 @@ def changed_settings(previous: Mapping, now: Mapping, runtime_keys, path_keys=fr
         return _canonical(found) if key in path_keys else found
 
     return sorted(k for k in set(previous) | set(now) if k not in runtime_keys and value(previous, k) != value(now, k))
+
+
+def holds_finished_cases(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds a finished case's record or a results file (work a rerun with
+    other settings must not mix with); a folder left by a start that failed holds neither."""
+    cases = os.path.join(run_dir, "cases")
+    finished = os.path.isdir(cases) and any(name.endswith(".json") for name in os.listdir(cases))
+    return finished or os.path.exists(os.path.join(run_dir, "results.json"))
 
 
 @contextlib.contextmanager
@@ -68,7 +79,8 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
 
     Call it under :func:`run_lock`. An existing folder
     whose ``args.json`` records other numbers-changing settings is an error unless
-    ``overwrite``; with ``overwrite`` only the files this tool writes are removed. Anything
+    ``overwrite`` or the folder holds no finished case (:func:`holds_finished_cases`: a
+    failed start never blocks the corrected command); with ``overwrite`` only the files this tool writes are removed. Anything
     else in the folder is left alone. Temporary files of a killed write are removed, then
     ``args.json`` is written with ``record`` (the run's resolved arguments).
 
@@ -100,7 +112,11 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
             raise UserError(f"{args_file} is unreadable ({err}); it records which settings the finished cases in "
                             "that folder used: restore it, or choose another output folder") from None
         changed = changed_settings(previous, record, runtime_keys, path_keys, defaults)
-        if changed:
+        if changed and not holds_finished_cases(run_dir):
+            # a start that failed before any case was finished: nothing to protect
+            logger.info("run folder %s holds no finished case; its settings are replaced (%s)", run_dir,
+                        ", ".join(changed[:5]))
+        elif changed:
             details = ", ".join(f"{k}: {previous.get(k)!r} -> {record.get(k)!r}" for k in changed[:5])
             raise UserError(
                 f"run folder {run_dir} holds a run with other settings ({details}); choose another output folder "
