@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Evaluate a model on clean volumes vs adversarial volumes saved earlier by generate_adv_samples.py.
 
-The attack flags name the sub-folder of ``--adv_images_dir`` that holds the volumes, as
-in the paper's release (or ``--no_sub_dir_adv_images`` to use the folder itself).
+Either ``--adv_run_dir`` names the generation run folder itself, whose ``args.json`` gives the
+attack, data, model and checkpoint flags (any flag typed here wins), or, as in the paper's
+release, the attack flags name the sub-folder of ``--adv_images_dir`` that holds the volumes
+(``--no_sub_dir_adv_images`` to use that folder itself).
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from engine import cli
 
 
 def parse_args(argv=None):
-    return cli.parse_eval_args(__doc__.splitlines()[0], argv, check_args)
+    return cli.parse_inference_args(__doc__.splitlines()[0], argv, check_args)
 
 
 def check_args(args, parser):
-    if not args.adv_images_dir:
-        parser.error("--adv_images_dir is required: the folder given as --save_adv_images_dir when the volumes were generated")
+    if not args.adv_images_dir and not args.adv_run_dir:
+        parser.error("--adv_run_dir (the generation run folder) or --adv_images_dir (the folder given as "
+                     "--save_adv_images_dir when the volumes were generated) is required")
+    if args.adv_images_dir and args.adv_run_dir:
+        parser.error("--adv_run_dir and --adv_images_dir exclude each other: --adv_run_dir is the run folder itself")
 
 
 def main(argv=None) -> int:

@@ -59,8 +59,29 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: ...)`` to a flag's help unless its help already says what the default is."""
+
+    def _get_help_string(self, action):  # noqa: D102 - argparse API
+        if "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def make_parser(description: str) -> ArgumentParser:
-    return ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """Destinations of the flags typed in ``argv`` (abbreviations included), as opposed to defaults."""
+    defaults = {action: action.default for action in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in defaults.items():
+            action.default = default
 
 
 # --------------------------------------------------------------------------- flag groups
@@ -124,7 +145,8 @@ def add_attack_args(parser: argparse.ArgumentParser) -> None:
                         "together share the attack's early stop and random draws")
 
 
-def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+def add_runtime_args(parser: argparse.ArgumentParser, attacks: bool = True) -> None:
+    """Device, launch, precision flags; ``attacks=False`` leaves out those only an attacking script takes."""
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default=None, type=str, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda when available)")
     g.add_argument("--seed", default=0, type=int, help="random seed")
@@ -139,22 +161,35 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
                         "float32). Default: fp32 for attacks and inference; training: the release's mixed precision "
                         "(fp16 with a gradient scaler on CUDA, fp32 on CPU, fp32 everywhere with --noamp)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (pays a one-off compile time)")
-    g.add_argument("--fused_dice_ce", action="store_true",
-                   help="the Dice-CE of attacks and training from one softmax with a written-out gradient: about "
-                        "2x faster on a CPU, same formula, other float rounding than the release's MONAI DiceCELoss")
+    if attacks:
+        g.add_argument("--fused_dice_ce", action="store_true",
+                       help="the Dice-CE of attacks and training from one softmax with a written-out gradient: about "
+                            "2x faster on a CPU, same formula, other float rounding than the release's MONAI DiceCELoss")
 
 
-def add_eval_output_args(parser: argparse.ArgumentParser) -> None:
+def add_inference_runtime_args(parser: argparse.ArgumentParser) -> None:
+    add_runtime_args(parser, attacks=False)
+
+
+def add_eval_output_args(parser: argparse.ArgumentParser, inference: bool = False) -> None:
+    """Splits and outputs of the evaluation scripts; ``inference=True``: inference's flags only."""
     g = parser.add_argument_group("outputs")
     g.add_argument("--gen_val_adv_mode", action="store_true", help="use the validation split (default)")
     g.add_argument("--gen_train_adv_mode", action="store_true", help="use the training split")
-    g.add_argument("--save_adv_images_dir", default=None, type=str, help="parent folder of the run folder (generation)")
+    if not inference:
+        g.add_argument("--save_adv_images_dir", default=None, type=str, help="parent folder of the run folder (generation)")
     g.add_argument("--adv_images_dir", default="", type=str, help="parent folder holding saved adversarial volumes (inference)")
+    if inference:
+        g.add_argument("--adv_run_dir", default=None, type=str,
+                       help="the generation run folder itself (holding args.json and imagesTsAdv/): its attack, data, "
+                            "model and checkpoint flags are used unless typed here (replaces --adv_images_dir)")
     g.add_argument("--no_sub_dir_adv_images", action="store_true", help="use the given folder itself, not the attack-named sub-folder")
-    g.add_argument("--results_dir", default=None, type=str, help="inference: where results go (default: <adv folder>/inference/<checkpoint name>)")
+    g.add_argument("--results_dir", default=None, type=str,
+                   help="inference: where results go (default: <adv folder>/inference/<checkpoint's parent folder>_<checkpoint name>)")
     g.add_argument("--debugging", action="store_true", help="save nothing, create no folder")
     g.add_argument("--exp_name", default=None, type=str, help="experiment name (recorded in args.json)")
-    g.add_argument("--save_dtype", default="uint8", choices=("uint8", "float32"), help="saved volumes: uint8 x255 (release) or float32 in [0,1]")
+    if not inference:
+        g.add_argument("--save_dtype", default="uint8", choices=("uint8", "float32"), help="saved volumes: uint8 x255 (release) or float32 in [0,1]")
     g.add_argument("--overwrite", action="store_true", help="start the run folder afresh instead of skipping finished cases")
     g.add_argument("--save_figures", action="store_true", help="one PNG per case: slices, perturbation, predictions")
     g.add_argument("--max_cases", default=None, type=int, help="evaluate only the first N cases")
@@ -162,6 +197,10 @@ def add_eval_output_args(parser: argparse.ArgumentParser) -> None:
                    help="finish each case (metrics, saved files) in a background thread while the next case is "
                         "attacked, or inline before it; auto: background on an accelerator, inline on a CPU (where "
                         "the thread would compete for the cores). Same numbers either way")
+
+
+def add_inference_output_args(parser: argparse.ArgumentParser) -> None:
+    add_eval_output_args(parser, inference=True)
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -331,34 +370,119 @@ def check_training_args(args: argparse.Namespace, parser: argparse.ArgumentParse
     args.amp = not args.noamp
 
 
-def parse(description: str, argv: Sequence[str] | None, groups: Iterable[Callable], checks: Iterable[Callable]
-          ) -> argparse.Namespace:
-    """Build a parser from flag groups, parse ``argv`` and run the checks in order."""
+def parse(description: str, argv: Sequence[str] | None, groups: Iterable[Callable], checks: Iterable[Callable],
+          adopters: Iterable[Callable] = ()) -> argparse.Namespace:
+    """Build a parser from flag groups, parse ``argv``, fill the flags not typed from what the run
+    builds on (``adopter(args, parser, typed)``: a generation run folder, a checkpoint), then run
+    the checks in order."""
     parser = make_parser(description)
     for add in groups:
         add(parser)
     _DEFAULTS.clear()
     _DEFAULTS.update(to_jsonable({a.dest: a.default for a in parser._actions if a.dest != "help"}))
     args = parser.parse_args(argv)
+    adopters = tuple(adopters)
+    if adopters:
+        typed = given_flags(parser, argv)
+        for adopt in adopters:
+            adopt(args, parser, typed)
     for check in checks:
         check(args, parser)
     return args
 
 
+MODEL_FLAGS = ("model_name", "in_channels", "out_channels", "roi_x", "roi_y", "roi_z")
+"""Flags that shape the network besides each model's own options (:func:`model_flag_names`)."""
+
+ADV_RUN_RUNTIME_FLAGS = frozenset({"save_adv_images_dir", "adv_images_dir", "adv_run_dir", "no_sub_dir_adv_images",
+                                   "results_dir", "save_dtype", "fused_dice_ce", "attack_batch_size"})
+"""Flags of a generation run's ``args.json`` that inference does not take over from it (beyond
+:data:`RUNTIME_FLAGS`): where things were written, and how the attack ran."""
+
+
+def model_flag_names() -> tuple[str, ...]:
+    """Every flag that decides the network's shape: :data:`MODEL_FLAGS` and the models' own options."""
+    return MODEL_FLAGS + tuple(option.name for option in model_options())
+
+
+def _take(args: argparse.Namespace, record: dict, keys: Iterable[str], typed: set[str]) -> dict:
+    """Set each of ``keys`` that ``record`` holds and the user did not type; returns what changed."""
+    taken = {}
+    for key in keys:
+        if key in record and key not in typed and hasattr(args, key):
+            value = tuple(record[key]) if isinstance(record[key], list) else record[key]
+            if getattr(args, key) not in (None, value):
+                taken[key] = value
+            setattr(args, key, value)
+    return taken
+
+
+def _shown_flags(values: dict) -> str:
+    return " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in values.items())
+
+
+def adopt_checkpoint_model_flags(args: argparse.Namespace, parser: argparse.ArgumentParser, typed: set[str]) -> None:
+    """A checkpoint builds its own model: the model flags the user did not type are taken from the
+    ``args`` the training run stored in it (flags typed explicitly win). A checkpoint without
+    ``args`` (the release's, or one from elsewhere) leaves the flags as they are."""
+    from networks.checkpoint import read_checkpoint_args
+
+    if not getattr(args, "pretrained_path", ""):
+        return
+    stored = read_checkpoint_args(args.pretrained_path)
+    if not stored:
+        return
+    taken = _take(args, stored, model_flag_names(), typed)
+    if taken:
+        sys.stderr.write(f"model flags from the checkpoint {args.pretrained_path}: {_shown_flags(taken)}\n")
+
+
+def adopt_adv_run(args: argparse.Namespace, parser: argparse.ArgumentParser, typed: set[str]) -> None:
+    """``--adv_run_dir``: take the generation run's attack, data, model and checkpoint flags from its
+    ``args.json`` (flags typed explicitly win; runtime and output flags are this run's own)."""
+    if not getattr(args, "adv_run_dir", None):
+        return
+    from utils.io import read_json
+
+    path = os.path.join(args.adv_run_dir, "args.json")
+    if not os.path.isfile(path):
+        parser.error(f"--adv_run_dir {args.adv_run_dir} holds no args.json: pass the run folder that "
+                     "generate_adv_samples.py wrote (it holds args.json and imagesTsAdv/)")
+    try:
+        record = read_json(path)
+    except (OSError, ValueError) as err:
+        parser.error(f"{path} is unreadable ({err})")
+    skip = RUNTIME_FLAGS | ADV_RUN_RUNTIME_FLAGS
+    _take(args, record, [key for key in record if key not in skip], typed)
+    if "max_cases" in record and "max_cases" not in typed:
+        args.max_cases = record["max_cases"]  # only those cases' volumes were saved
+
+
 _DEFAULTS: dict = {}  # every flag's default, of the parser that parsed last (older run folders lack new flags)
 
 EVAL_GROUPS = (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_eval_output_args, add_runtime_args)
+INFERENCE_GROUPS = (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_inference_output_args,
+                    add_inference_runtime_args)
 TRAINING_GROUPS = (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_training_args, add_runtime_args)
 
 
 def parse_eval_args(description: str, argv: Sequence[str] | None, check: Callable) -> argparse.Namespace:
-    """Parser of the two evaluation scripts: same flags, a script-specific final check."""
-    return parse(description, argv, EVAL_GROUPS, (check_model_args, check_eval_args, check_attack_args, check))
+    """Parser of ``generate_adv_samples.py``: its flags, a script-specific final check."""
+    return parse(description, argv, EVAL_GROUPS, (check_model_args, check_eval_args, check_attack_args, check),
+                 adopters=(adopt_checkpoint_model_flags,))
+
+
+def parse_inference_args(description: str, argv: Sequence[str] | None, check: Callable) -> argparse.Namespace:
+    """Parser of ``inference_on_saved_adv_samples.py``: no generation-only flags; ``--adv_run_dir``
+    and the checkpoint fill the flags not typed."""
+    return parse(description, argv, INFERENCE_GROUPS, (check_model_args, check_eval_args, check_attack_args, check),
+                 adopters=(adopt_adv_run, adopt_checkpoint_model_flags))
 
 
 def parse_training_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parser of the training script."""
-    return parse(description, argv, TRAINING_GROUPS, (check_model_args, check_attack_args, check_training_args))
+    return parse(description, argv, TRAINING_GROUPS, (check_model_args, check_attack_args, check_training_args),
+                 adopters=(adopt_checkpoint_model_flags,))
 
 
 # --------------------------------------------------------------------------- typed settings
@@ -434,13 +558,13 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         model=model_settings(args), data=data_settings(args), window=window_settings(args),
         attack=attack_settings(args), checkpoint=args.pretrained_path,
         split=split_for_mode(args.gen_train_adv_mode), max_cases=args.max_cases, run_dir=run_dir,
-        adv_folder=adv_folder, save_dtype=args.save_dtype, save_figures=args.save_figures,
+        adv_folder=adv_folder, save_dtype=getattr(args, "save_dtype", "uint8"), save_figures=args.save_figures,
         overwrite=args.overwrite, seed=args.seed, verbose=args.verbose,
         title=title + (f" [{args.precision} model passes]" if args.precision not in (None, "fp32") else "")
-        + (" [fused Dice-CE]" if args.fused_dice_ce and adv_folder is None else ""),
+        + (" [fused Dice-CE]" if getattr(args, "fused_dice_ce", False) else ""),
         launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
         path_keys=PATH_FLAGS, defaults=dict(_DEFAULTS), precision=args.precision or "fp32", compile=args.compile,
-        finish_cases=args.finish_cases, fused_loss=args.fused_dice_ce,
+        finish_cases=args.finish_cases, fused_loss=getattr(args, "fused_dice_ce", False),
     )
 
 
@@ -457,15 +581,54 @@ def generation_job(args: argparse.Namespace):
 def inference_job(args: argparse.Namespace):
     """:class:`engine.evaluation.EvalJob` of ``inference_on_saved_adv_samples.py``."""
     attack = attack_settings(args)
-    folder = existing_or_new(args.adv_images_dir, [""] if args.no_sub_dir_adv_images else run_folder_names(args))
+    if args.adv_run_dir:
+        folder = os.path.normpath(args.adv_run_dir)
+    else:
+        folder = existing_or_new(args.adv_images_dir, [""] if args.no_sub_dir_adv_images else run_folder_names(args))
     if not os.path.isdir(folder):
-        hint = "" if args.no_sub_dir_adv_images else (" (the attack flags name the sub-folder; pass "
-                                                     "--no_sub_dir_adv_images to use the folder itself)")
+        hint = "" if args.no_sub_dir_adv_images or args.adv_run_dir else (
+            " (the attack flags name the sub-folder; pass --adv_run_dir with the run folder itself, or "
+            "--no_sub_dir_adv_images to use the given folder itself)")
         raise UserError(f"adversarial images folder not found: {folder}{hint}")
     _check_same_volumes(args, folder)
-    stem = os.path.splitext(os.path.basename(args.pretrained_path))[0]
-    run_dir = None if args.debugging else os.path.normpath(args.results_dir or os.path.join(folder, "inference", stem))
+    run_dir = None if args.debugging else inference_results_dir(args.results_dir, folder, args.pretrained_path)
     return _eval_job(args, run_dir, f"saved {attack.summary()}", adv_folder=folder)
+
+
+def inference_results_dir(results_dir: str | None, adv_folder: str, checkpoint: str) -> str:
+    """Where an inference run's results go: ``results_dir`` when given, else
+    ``<adv_folder>/inference/<checkpoint's folder>_<checkpoint name>`` (``run/model_best.pt`` ->
+    ``run_model_best``), so that two checkpoints with one file name do not share a folder.
+
+    A folder whose ``args.json`` records this checkpoint is reused (also the older name, the
+    checkpoint's name alone); should the name hold another checkpoint's results, a short
+    digest of this checkpoint's path is added.
+    """
+    import hashlib
+
+    from utils.io import read_json
+
+    if results_dir:
+        return os.path.normpath(results_dir)
+    path = os.path.realpath(os.path.expanduser(checkpoint))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = f"{os.path.basename(os.path.dirname(path))}_{stem}"
+    digest = hashlib.sha1(path.encode()).hexdigest()[:8]
+    parent = os.path.join(adv_folder, "inference")
+
+    def recorded(folder: str):
+        try:
+            found = read_json(os.path.join(folder, "args.json")).get("pretrained_path")
+        except (OSError, ValueError):
+            return None
+        return os.path.realpath(os.path.expanduser(found)) if isinstance(found, str) and found else None
+
+    candidates = [os.path.join(parent, n) for n in (name, stem, f"{name}_{digest}")]
+    for folder in candidates:
+        if recorded(folder) == path:
+            return os.path.normpath(folder)
+    first = candidates[0]
+    return os.path.normpath(first if recorded(first) is None else candidates[2])
 
 
 def _check_same_volumes(args: argparse.Namespace, folder: str) -> None:

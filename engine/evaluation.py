@@ -339,7 +339,7 @@ def finish_run(job: EvalJob, results: dict[str, dict], evaluator: CaseEvaluator,
 def load_trained_model(settings: ModelSettings, checkpoint: str, device: torch.device) -> nn.Module:
     """The network of ``settings`` with the weights of ``checkpoint``, in eval mode."""
     model = settings.build()
-    load_model_weights(model, checkpoint)
+    load_model_weights(model, checkpoint, given=settings.flags())
     logger.info("model %s loaded from %s", settings.name, checkpoint)
     return model.to(device).eval()
 
@@ -350,7 +350,8 @@ def _start(job: EvalJob, held: contextlib.ExitStack) -> None:
 
     if job.run_dir is not None:
         held.enter_context(run_lock(job.run_dir))
-        prepare_run_dir(job.run_dir, job.record, job.runtime_keys, job.overwrite, job.path_keys, job.defaults)
+        prepare_run_dir(job.run_dir, job.record, job.runtime_keys, job.overwrite, job.path_keys, job.defaults,
+                        folder_flag="--save_adv_images_dir" if job.adv_folder is None else "--results_dir")
     log_file = os.path.join(job.run_dir, "log.out") if job.run_dir and dist_utils.is_main_process() else None
     setup_logging(log_file, job.verbose)
 

@@ -74,7 +74,7 @@ def run_lock(run_dir: str | None):
 
 
 def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool, path_keys=frozenset(),
-                    defaults: Mapping = None) -> None:
+                    defaults: Mapping = None, folder_flag: str = "") -> None:
     """Create or reuse a run folder: never silently mix two different runs.
 
     Call it under :func:`run_lock`. An existing folder
@@ -91,6 +91,7 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
         overwrite: start the folder afresh.
         path_keys: keys of ``record`` holding paths (compared canonically).
         defaults: each flag's default, for keys an older ``args.json`` lacks.
+        folder_flag: the flag that chooses the folder, named in the refusal.
 
     Raises:
         UserError: the folder holds an unreadable ``args.json``, or holds a run
@@ -120,7 +121,8 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
             details = ", ".join(f"{k}: {previous.get(k)!r} -> {record.get(k)!r}" for k in changed[:5])
             raise UserError(
                 f"run folder {run_dir} holds a run with other settings ({details}); choose another output folder "
-                "to keep it (or, to discard its finished cases, pass --overwrite)"
+                f"to keep it{f' (with {folder_flag})' if folder_flag else ''} (or, to discard its finished cases, "
+                "pass --overwrite)"
             )
     if dist_utils.is_main_process():
         for folder in ("", *RUN_FOLDERS):  # what a killed write left behind

@@ -199,7 +199,7 @@ def _train_process(job: TrainingJob, device: torch.device) -> TrainingResult:
     seed_everything(job.seed)
     model = job.model.build()
     if job.pretrained and job.resume_from is None:  # before any folder is made: a wrong checkpoint leaves none
-        load_model_weights(model, job.pretrained)
+        load_model_weights(model, job.pretrained, given=job.model.flags())
 
     main = rank == 0
     run_dir = job.run_dir

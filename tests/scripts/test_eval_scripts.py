@@ -204,7 +204,9 @@ def test_inference_on_saved_samples_matches_generation(pgd_run, capsys):
     code, err = run_main(inf.main, flags, capsys)
     assert code == 0, err
     generated = json.loads((run_dir / "results.json").read_text())["per_case"]
-    inferred = json.loads((run_dir / "inference" / "model" / "results.json").read_text())["per_case"]
+    ckpt = argv[argv.index("--pretrained_path") + 1]  # <parent>/model.pt
+    folder = f"{os.path.basename(os.path.dirname(ckpt))}_model"
+    inferred = json.loads((run_dir / "inference" / folder / "results.json").read_text())["per_case"]
     assert generated.keys() == inferred.keys()
     for name in generated:
         assert inferred[name]["dice_clean"] == pytest.approx(generated[name]["dice_clean"], abs=1e-6)
