@@ -560,7 +560,8 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         split=split_for_mode(args.gen_train_adv_mode), max_cases=args.max_cases, run_dir=run_dir,
         adv_folder=adv_folder, save_dtype=getattr(args, "save_dtype", "uint8"), save_figures=args.save_figures,
         overwrite=args.overwrite, seed=args.seed, verbose=args.verbose,
-        title=title + (f" [{args.precision} model passes]" if args.precision not in (None, "fp32") else "")
+        title=title + (" [--debugging: nothing saved]" if args.debugging else "")
+        + (f" [{args.precision} model passes]" if args.precision not in (None, "fp32") else "")
         + (" [fused Dice-CE]" if getattr(args, "fused_dice_ce", False) else ""),
         launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
         path_keys=PATH_FLAGS, defaults=dict(_DEFAULTS), precision=args.precision or "fp32", compile=args.compile,
@@ -572,6 +573,9 @@ def generation_job(args: argparse.Namespace):
     """:class:`engine.evaluation.EvalJob` of ``generate_adv_samples.py``."""
     attack = attack_settings(args)
     run_dir = None
+    if args.debugging and args.save_adv_images_dir:
+        sys.stderr.write(f"WARNING: --debugging saves nothing: no adversarial volume or report goes to "
+                         f"--save_adv_images_dir {args.save_adv_images_dir} (drop --debugging to save them)\n")
     if not args.debugging:
         names = [""] if args.no_sub_dir_adv_images else run_folder_names(args)
         run_dir = existing_or_new(args.save_adv_images_dir, names)

@@ -60,7 +60,7 @@ def test_generation_writes_the_release_layout(attack, base_flags, tmp_path, tiny
 
 def test_folder_names_follow_the_release():
     ns = argparse.Namespace(attack_name="vafa-3d", q_max=20.0, steps=20, block_size=(32, 32, 32), use_ssim_loss=True,
-                            alpha=0.01, eps=4.0, std=4.0)
+                            alpha=0.01, eps=4.0, std=4.0, target_class=0, attack_batch_size=6)
     assert adv_subdir_name(ns) == "vafa_q_max_20.0_i_20_3d_dct_32x32x32_use_ssim_loss_True"
     ns.attack_name, ns.block_size = "vafa-2d", (32, 32)
     assert adv_subdir_name(ns) == "vafa_q_max_20.0_i_20_2d_dct_32x32"
@@ -223,6 +223,8 @@ def test_debugging_saves_nothing(base_flags, tmp_path, capsys):
                                                  "--attack_name", "gn"], capsys)
     assert code == 0, err
     assert not (tmp_path / "out").exists()
+    # the release's README passes both: the user is told, not left to find an empty folder later
+    assert "WARNING: --debugging saves nothing" in err and str(tmp_path / "out") in err
 
 
 # --------------------------------------------------------------------------- bad input
