@@ -69,8 +69,17 @@ CHECKPOINT_FORMAT = 1
 # --------------------------------------------------------------------------- checkpoint content
 
 
+def _pct(fraction: Optional[float]) -> Optional[float]:
+    return None if fraction is None else 100.0 * fraction
+
+
+OLD_METRICS_COLUMNS = {"val_dice": "val_dice_pct", "val_dice_adv": "val_dice_adv_pct"}
+"""``metrics.csv`` columns of older runs (Dice as a fraction) and their names now (in %)."""
+
+
 def read_metrics_rows(path: str, before_epoch: int) -> list[dict]:
-    """Rows of an existing ``metrics.csv`` for epochs ``< before_epoch`` (a resume rewrites the rest)."""
+    """Rows of an existing ``metrics.csv`` for epochs ``< before_epoch`` (a resume rewrites the rest);
+    an older run's Dice fractions are converted to the % columns."""
     if not os.path.isfile(path):
         return []
     with open(path, newline="") as f:
@@ -82,7 +91,12 @@ def read_metrics_rows(path: str, before_epoch: int) -> list[dict]:
         except ValueError:
             continue
         if epoch < before_epoch:
-            kept.append(dict(row))
+            row = dict(row)
+            for old, new in OLD_METRICS_COLUMNS.items():
+                if old in row and new not in row:
+                    value = row.pop(old)
+                    row[new] = repr(100.0 * float(value)) if value not in ("", None) else value
+            kept.append(row)
     return kept
 
 
@@ -318,11 +332,12 @@ class Trainer:
 
     def validate(self, epoch: int) -> dict[str, float]:
         """Mean validation Dice (per case: Dice per class, background included, NaN-mean over
-        classes; then mean over cases — the release's accuracy, in [0, 1]).
+        classes; then mean over cases — the release's accuracy, in [0, 1]) and ``val_cases``.
 
         With ``--val_attack`` also ``val_dice_adv``: the first ``--val_attack_cases`` cases
-        attacked whole (ROI tiles, as the generation script) and predicted again. Cases are
-        sharded across ranks and gathered.
+        attacked whole (ROI tiles, as the generation script) and predicted again, with
+        ``val_dice_clean_attacked``, the clean Dice of those same cases, and
+        ``val_attacked_cases``. Cases are sharded across ranks and gathered.
         """
         from tqdm.auto import tqdm
 
@@ -341,6 +356,7 @@ class Trainer:
                 seed_everything(config.seed + index)  # the same perturbation budget draw every validation
                 adv = config.attack.attack_volume(self.attack, images, labels, config.window.roi)
                 entry["dice_adv"] = class_mean(dice_per_class(self.predict(adv), labels, config.num_classes))
+                entry["dice_clean_attacked"] = entry["dice"]  # the clean Dice of the same cases, to compare with
             results[index] = entry
         merged: dict[int, dict] = {}
         for part in dist_utils.all_gather_objects(results):
@@ -350,9 +366,11 @@ class Trainer:
             values = [r[key] for r in merged.values() if key in r and not math.isnan(r[key])]
             return float(np.mean(values)) if values else float("nan")
 
-        out = {"val_dice": mean("dice")}
+        out = {"val_dice": mean("dice"), "val_cases": len(merged)}
         if config.val_attack:
             out["val_dice_adv"] = mean("dice_adv")
+            out["val_dice_clean_attacked"] = mean("dice_clean_attacked")
+            out["val_attacked_cases"] = sum("dice_adv" in r for r in merged.values())
         return out
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:
@@ -537,9 +555,10 @@ class Trainer:
                 if self.scheduler is not None:
                     self.scheduler.step()
                 elapsed = time.perf_counter() - started
-                row = {"epoch": epoch, **terms, "lr": lr, "val_dice": val.get("val_dice")}
+                row = {"epoch": epoch, **terms, "lr": lr, "val_dice_pct": _pct(val.get("val_dice"))}
                 if config.val_attack:
-                    row["val_dice_adv"] = val.get("val_dice_adv")
+                    row["val_dice_adv_pct"] = _pct(val.get("val_dice_adv"))
+                    row["val_dice_clean_attacked_pct"] = _pct(val.get("val_dice_clean_attacked"))
                 row["epoch_time"] = round(elapsed, 3)
                 self._write_metrics(row)
                 # best first: a crash between the two writes leaves the previous latest, whose
@@ -555,8 +574,8 @@ class Trainer:
                 self.writer = None
         result.best_acc, result.last_acc, result.history = self.best_acc, self.last_acc, list(self.rows)
         if not result.preempted:
-            logger.info("training finished: best validation Dice %.4f, last %s%s", self.best_acc,
-                        "n/a" if self.last_acc is None else f"{self.last_acc:.4f}",
+            logger.info("training finished: best validation Dice %.2f %%, last %s%s", 100 * self.best_acc,
+                        "n/a" if self.last_acc is None else f"{100 * self.last_acc:.2f} %",
                         f"; run folder {self.run_dir}" if self.run_dir else "")
         return result
 
@@ -564,10 +583,11 @@ class Trainer:
         parts = " ".join(f"{k} {v:.4f}" for k, v in terms.items())
         line = f"epoch {epoch}/{self.config.max_epochs - 1} | {parts} | lr {lr:.3e}"
         if val:
-            line += f" | val Dice {val['val_dice']:.4f}"
+            line += (f" | val Dice {100 * val['val_dice']:.2f} % ({val['val_cases']} cases) best "
+                     f"{100 * self.best_acc:.2f} %" + (" (new best)" if new_best else ""))
             if "val_dice_adv" in val:
-                line += f" (attacked {val['val_dice_adv']:.4f})"
-            line += f" best {self.best_acc:.4f}" + (" (new best)" if new_best else "")
+                line += (f" | attacked {100 * val['val_dice_adv']:.2f} % vs clean "
+                         f"{100 * val['val_dice_clean_attacked']:.2f} % on the same {val['val_attacked_cases']} cases")
         logger.info("%s | %.1f s", line, elapsed)
 
     def _log_stop(self, epoch: int, result: TrainingResult) -> None:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from attacks import AttackSettings
 from data.loading import DataSettings, build_dataset, check_case, check_files, class_names, plain_tensor
 from engine.losses import build_dice_ce
-from engine.reports import case_rows, format_summary, report_case, summarise
+from engine.reports import DEFINITIONS, case_rows, format_summary, report_case, summarise
 from engine.run_folder import prepare_run_dir, run_lock
 from networks import ModelSettings, WindowSettings, compiled, load_model_weights, predict_volume, with_precision
 from utils import distributed as dist_utils
@@ -318,7 +318,7 @@ def finish_run(job: EvalJob, results: dict[str, dict], evaluator: CaseEvaluator,
     overall = summarise(per_case, evaluator.class_names) if per_case else {"n_cases": 0}
     # processes and CPU threads: float reductions (hence PGD's gradient signs) depend on the
     # thread count, so runs compare voxel for voxel only at equal threads (torchrun: 1)
-    report = {"overall": overall, "per_case": per_case, "args": dict(job.record),
+    report = {"overall": overall, "definitions": DEFINITIONS, "per_case": per_case, "args": dict(job.record),
               "timing": {"seconds": round(elapsed, 2), "processes": dist_utils.rank_and_world()[1],
                          "torch_threads": torch.get_num_threads()}}
     warning = job.attack.attack_class.review(per_case)

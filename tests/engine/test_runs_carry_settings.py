@@ -69,6 +69,11 @@ def test_inference_from_the_run_folder_alone(tiny_dataset, tmp_path, capsys, one
     assert inferred["per_case"].keys() == generated["per_case"].keys()
     for name, case in generated["per_case"].items():
         assert inferred["per_case"][name]["dice_clean"] == pytest.approx(case["dice_clean"], abs=1e-6)
+    # both means, and what each is
+    overall = generated["overall"]
+    for key in ("dice_clean", "dice_clean_fg", "dice_adv", "dice_adv_fg", "hd95_adv", "hd95_adv_worst"):
+        assert key in overall, key
+    assert "background" in generated["definitions"]["dice_clean, dice_adv"]
 
 
 def test_two_checkpoints_with_one_file_name_do_not_collide(tmp_path):
