@@ -48,8 +48,19 @@ PATH_FLAGS = frozenset({"data_dir", "json_list", "pretrained_path", "adv_images_
 DEFAULT_MODEL = "unet-r"
 """The release's model: run-folder names name any other."""
 
-LR_SCHEDULES = ("warmup_cosine", "cosine_anneal")
-"""``--lrschedule`` values with a schedule; any other value trains at a constant rate (release)."""
+LR_SCHEDULES = ("warmup_cosine", "cosine_anneal", "constant", "none")
+"""``--lrschedule`` values: the release's two schedules, and two names of its constant rate (the release
+took any other value as constant; here a typo is refused)."""
+
+
+def default_workers() -> int:
+    """Data-loading workers by default: one per CPU this process may use beyond the main one, at most 4
+    (the release's 8 oversubscribe a small machine and its shared memory)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(4, cpus - 1))
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -117,7 +128,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--space_x", default=1.5, type=float, help="resampled spacing along x (mm)")
     g.add_argument("--space_y", default=1.5, type=float, help="resampled spacing along y (mm)")
     g.add_argument("--space_z", default=2.0, type=float, help="resampled spacing along z (mm)")
-    g.add_argument("--workers", default=8, type=int, help="data-loading worker processes")
+    g.add_argument("--workers", default=default_workers(), type=int,
+                   help="data-loading worker processes (default: CPUs available - 1, at most 4; the release: 8)")
     g.add_argument("--RandFlipd_prob", default=0.2, type=float, help="random flip probability")
     g.add_argument("--RandRotate90d_prob", default=0.2, type=float, help="random 90-degree rotation probability")
     g.add_argument("--RandScaleIntensityd_prob", default=0.1, type=float, help="random intensity scale probability")
@@ -213,8 +225,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--optim_lr", default=1e-4, type=float, help="learning rate")
     g.add_argument("--reg_weight", default=1e-5, type=float, help="weight decay")
     g.add_argument("--momentum", default=0.99, type=float, help="SGD momentum (Nesterov)")
-    g.add_argument("--lrschedule", default="warmup_cosine", type=str,
-                   help="warmup_cosine (per epoch, linear warm-up from 0) or cosine_anneal; anything else: constant rate")
+    g.add_argument("--lrschedule", default="warmup_cosine", choices=LR_SCHEDULES,
+                   help="warmup_cosine (per epoch, linear warm-up from 0), cosine_anneal, or a constant rate "
+                        "(constant or none)")
     g.add_argument("--warmup_epochs", default=50, type=int, help="linear warm-up epochs of warmup_cosine")
     g.add_argument("--noamp", action="store_true", help="no mixed precision on CUDA (CPU never uses it)")
     g.add_argument("--smooth_nr", default=0.0, type=float, help="Dice numerator smoothing of the Dice-CE loss")
@@ -361,6 +374,10 @@ def check_training_args(args: argparse.Namespace, parser: argparse.ArgumentParse
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.warmup_epochs < 0:
         parser.error(f"--warmup_epochs must not be negative, got {args.warmup_epochs}")
+    if args.lrschedule == "warmup_cosine" and args.warmup_epochs > args.max_epochs:
+        parser.error(f"--warmup_epochs {args.warmup_epochs} exceeds --max_epochs {args.max_epochs}: the run would end "
+                     "inside the linear warm-up (epoch 0 at learning rate 0); pass --warmup_epochs at most "
+                     f"{args.max_epochs}, or --lrschedule constant")
     for name in ("optim_lr", "reg_weight", "momentum", "freq_reg_weight", "smooth_nr", "smooth_dr"):
         value = getattr(args, name)
         if not (value >= 0 and value != float("inf")):

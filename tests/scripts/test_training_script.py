@@ -67,7 +67,7 @@ def small_list(tiny_dataset, tmp_path_factory):
     small = {"training": absolute(content["training"][:2]), "validation": absolute(content["validation"][:1])}
     path = tmp_path_factory.mktemp("lists") / "small.json"
     path.write_text(json.dumps(small))
-    return ["--data_dir", root, "--json_list", str(path)] + TINY
+    return ["--data_dir", root, "--json_list", str(path), "--warmup_epochs", "1"] + TINY
 
 
 def run(argv, capsys):
