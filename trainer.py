@@ -301,12 +301,12 @@ class Trainer:
         Raises:
             _Interrupted: a stop signal arrived (checked after every batch).
         """
-        from tqdm.auto import tqdm
+        from utils.progress import progress
 
         self.seed_epoch(epoch)
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not self.is_main)
+        bar = progress(self.train_loader, enabled=self.is_main, desc=f"epoch {epoch}", unit="batch", leave=False)
         for index, batch in enumerate(bar):
             terms = self.train_step(batch)
             for name, value in terms.items():
@@ -339,7 +339,7 @@ class Trainer:
         ``val_dice_clean_attacked``, the clean Dice of those same cases, and
         ``val_attacked_cases``. Cases are sharded across ranks and gathered.
         """
-        from tqdm.auto import tqdm
+        from utils.progress import progress
 
         from utils.metrics import class_mean, dice_per_class
 
@@ -348,7 +348,7 @@ class Trainer:
         config = self.config
         indices = self.val_indices if self.val_indices is not None else range(10**9)
         results: dict[int, dict] = {}
-        bar = tqdm(self.val_loader, desc=f"validation {epoch}", unit="case", leave=False, disable=not self.is_main)
+        bar = progress(self.val_loader, enabled=self.is_main, desc=f"validation {epoch}", unit="case", leave=False)
         for index, batch in zip(indices, bar):
             images, labels = self.unpack(batch)
             entry = {"dice": class_mean(dice_per_class(self.predict(images), labels, config.num_classes))}

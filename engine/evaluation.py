@@ -19,7 +19,6 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from attacks import AttackSettings
 from data.loading import DataSettings, build_dataset, check_case, check_files, class_names, plain_tensor
@@ -31,6 +30,7 @@ from utils import distributed as dist_utils
 from utils.distributed import LaunchSettings
 from utils.errors import UserError
 from utils.io import array_to_volume, load_nifti, read_json, save_nifti, volume_to_array, write_csv, write_json
+from utils.progress import progress
 from utils.seeding import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -177,8 +177,8 @@ class CaseEvaluator:
             dataset, batch_size=1, shuffle=False, num_workers=min(self.job.data.workers, len(todo)),
             collate_fn=lambda batch: batch[0], worker_init_fn=dist_utils.ignore_stop_signals,
         )
-        bar = tqdm(zip(todo, loader), total=len(todo), desc="cases", unit="case",
-                   disable=not dist_utils.is_main_process())
+        bar = progress(zip(todo, loader), enabled=dist_utils.is_main_process(), total=len(todo), desc="cases",
+                       unit="case")
         with CaseFinisher(finishes_in_background(self.job.finish_cases, self.device), self.device) as finisher:
             for (index, item), data in bar:
                 dist_utils.check_stop()  # a safe point: every earlier case is complete on disk once it is handled
