@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Evaluate a model on clean volumes vs adversarial volumes saved earlier by generate_adv_samples.py.
 
-The attack flags name the sub-folder of ``--adv_images_dir`` that holds the volumes, as
-in the paper's release (or ``--no_sub_dir_adv_images`` to use the folder itself).
+Either ``--adv_run_dir`` names the generation run folder itself, whose ``args.json`` gives the
+attack, data, model and checkpoint flags (any flag typed here wins), or, as in the paper's
+release, the attack flags name the sub-folder of ``--adv_images_dir`` that holds the volumes
+(``--no_sub_dir_adv_images`` to use that folder itself).
 """
 
 from __future__ import annotations

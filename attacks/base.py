@@ -8,7 +8,7 @@ from typing import Any, Callable, ClassVar, List, Mapping, Optional, Sequence, T
 import torch
 import torch.nn as nn
 
-from utils.options import Option, constructor_kwargs
+from utils.options import Option, canonical_values, constructor_kwargs, integral_float_spellings
 
 logger = logging.getLogger(__name__)
 
@@ -145,13 +145,31 @@ class Attack:
 
     @classmethod
     def folder_name(cls, values: Mapping[str, Any]) -> str:
-        """The run folder's name for these option values (the release's names)."""
+        """The run folder's name for these option values: the release's names, one spelling per
+        value (``--eps 4`` and the default both give ``eps_4.0``, as the release's typed flags did)."""
+        return cls.format_folder_name(canonical_values(cls.options, values))
+
+    @classmethod
+    def folder_names(cls, values: Mapping[str, Any]) -> list:
+        """The canonical :meth:`folder_name` first, then the other spellings older runs used for
+        the same values (the release wrote an untyped default ``--eps`` as ``eps_4``)."""
+        canonical = canonical_values(cls.options, values)
+        names = [cls.format_folder_name(canonical)]
+        for variant in integral_float_spellings(cls.options, canonical):
+            name = cls.format_folder_name(variant)
+            if name not in names:
+                names.append(name)
+        return names
+
+    @classmethod
+    def format_folder_name(cls, values: Mapping[str, Any]) -> str:
+        """The folder name of values already spelled as wanted (attacks with extra name parts override this)."""
         return cls.folder_format.format(**_format_values(values))
 
     @classmethod
     def summary(cls, values: Mapping[str, Any]) -> str:
         """One line describing the attack with these option values."""
-        return cls.summary_format.format(**_format_values(values))
+        return cls.summary_format.format(**_format_values(canonical_values(cls.options, values)))
 
     def check_tile(self, tile_shape: Sequence[int]) -> None:
         """Refuse a tile shape ``(H, W, D)`` the attack cannot work on (``ValueError``); any by default."""

@@ -7,7 +7,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from utils.options import Option
+from utils.options import Option, canonical_values
 
 from .apgd import APGD
 from .base import Attack, LossFn
@@ -168,7 +168,7 @@ class WorstCase(Attack):
         return out
 
     @classmethod
-    def folder_name(cls, values) -> str:
+    def format_folder_name(cls, values) -> str:
         """``worst_case_<m1>+<m2>..._<norm>_eps_<eps>_i_<steps>`` (``_alpha_<alpha>`` with a PGD-like member)."""
         values = cls._values(values)
         name = cls.folder_format.format(**values)
@@ -178,7 +178,7 @@ class WorstCase(Attack):
 
     @classmethod
     def summary(cls, values) -> str:
-        return cls.summary_format.format(**cls._values(values))
+        return cls.summary_format.format(**cls._values(canonical_values(cls.options, values)))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(attacks={list(self.attacks)}, eps={self.eps}, alpha={self.alpha}, "

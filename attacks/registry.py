@@ -129,8 +129,14 @@ class AttackSettings:
         self.build(None, None).check_tile(roi)
 
     def folder_name(self) -> str:
-        """The run folder's name (the release's names)."""
-        return self.attack_class.folder_name(self.values)
+        """The run folder's name: the release's names, one spelling per value, and
+        ``_targeted_<class>`` for a targeted attack (the release named it as the untargeted one)."""
+        return self.folder_names()[0]
+
+    def folder_names(self) -> list:
+        """:meth:`folder_name` first, then the other spellings older runs used for the same settings."""
+        suffix = f"_targeted_{self.target_class}" if self.targeted else ""
+        return [name + suffix for name in self.attack_class.folder_names(self.values)]
 
     def summary(self) -> str:
         return self.attack_class.summary(self.values)

@@ -68,6 +68,6 @@ class SteppedPGD(Attack):
                 f"random_start={self.random_start}, targeted={self.targeted})")
 
     @classmethod
-    def folder_name(cls, values) -> str:
+    def format_folder_name(cls, values) -> str:
         """The release-style name; ``_rs`` is added with ``--random_start``."""
-        return super().folder_name(values) + ("_rs" if values.get("random_start") else "")
+        return super().format_folder_name(values) + ("_rs" if values.get("random_start") else "")

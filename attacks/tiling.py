@@ -6,7 +6,8 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from monai.data.utils import dense_patch_slices
-from tqdm.auto import tqdm
+
+from utils.progress import progress as progress_bar
 
 
 def tile_slices(spatial_shape: Sequence[int], roi: Sequence[int]) -> list[tuple[slice, ...]]:
@@ -59,7 +60,7 @@ def attack_volume(
     slices = tile_slices(padded, roi)
     adv = image.clone()
     starts = range(0, len(slices), batch_size)
-    for start in tqdm(starts, desc="tiles", leave=False, disable=not progress, unit="batch"):
+    for start in progress_bar(starts, enabled=progress, desc="tiles", leave=False, unit="batch"):
         chunk = slices[start : start + batch_size]
         tiles = torch.cat([image[(..., *s)] for s in chunk])  # [N, C, *roi]
         tile_labels = torch.cat([label[(..., *s)] for s in chunk])  # [N, 1, *roi]

@@ -250,10 +250,18 @@ class VAFA(Attack):
         return torch.clamp(adv.detach(), 0, 1)
 
     @classmethod
-    def folder_name(cls, values) -> str:
-        """The release's folder name; ``--vafa_normalise clip`` adds ``_clip`` (the default adds nothing)."""
-        mode = values.get("vafa_normalise", "slice")
-        return super().folder_name(values) + ("" if mode == "slice" else f"_{mode}")
+    def format_folder_name(cls, values) -> str:
+        """The release's folder name; settings the release did not vary add a part only when they
+        differ from its values: ``_q_min_<q_min>`` (release 5), ``_q_init_<q_init>`` (release
+        ``max``), then ``_clip`` for ``--vafa_normalise clip``."""
+        name = super().format_folder_name(values)
+        q_min = values.get("q_min", Q_MIN.default)
+        if q_min != Q_MIN.default:
+            name += f"_q_min_{q_min}"
+        if values.get("q_init", Q_INIT.default) != Q_INIT.default:
+            name += f"_q_init_{values['q_init']}"
+        mode = values.get("vafa_normalise", NORMALISE.default)
+        return name + ("" if mode == NORMALISE.default else f"_{mode}")
 
     @classmethod
     def summary(cls, values) -> str:
@@ -261,22 +269,28 @@ class VAFA(Attack):
         return super().summary(values) + ("" if mode == "slice" else f", normalise={mode}")
 
     def describe_input(self, image: torch.Tensor) -> Optional[str]:
-        """How many axial slices of the clean volume do not span [0, 1] (the slice
-        renormalisation stretches those)."""
+        """With the release's per-slice min-max: how many whole axial slices of the clean volume
+        do not span [0, 1]. The min-max acts on each ROI tile's slices, which can fall short of
+        [0, 1] where the whole slice does not, so the count is a lower bound. ``None`` with clip."""
+        if self.normalise != "slice":
+            return None
         count = int(count_unspanned_slices(image).sum())
         slices = image.shape[0] * image.shape[1] * image.shape[-1]
-        return f"{count} of {slices} axial slices do not span [0, 1] (min > 0.01 or max < 0.99)"
+        return (f"{count} of {slices} whole axial slices do not span [0, 1] (min > 0.01 or max < 0.99); the "
+                "per-slice min-max acts on each ROI tile's part of a slice, which may span less")
 
     def call_parts(self):
         parts = self.renormalisation_parts
         return None if parts is None else {key: value.sum() for key, value in parts.items()}
 
-    @classmethod
-    def case_metrics(cls, sums) -> dict:
-        """``renormalisation_share``: ||slice(X') - clip(X')|| / ||slice(X') - X|| over the volume's tiles."""
+    def case_metrics(self, sums) -> dict:
+        """``renormalisation_share``: ||slice(X') - clip(X')|| / ||slice(X') - X|| over the volume's tiles.
+        A clip run renormalises nothing: the same ratio, what the release's form would have
+        made, is named ``renormalisation_share_if_slice`` there."""
         if "diff_sq" not in sums:
             return {}
-        return {"renormalisation_share": renormalisation_share(float(sums["diff_sq"]), float(sums["pert_sq"]))}
+        key = "renormalisation_share" if self.normalise == "slice" else "renormalisation_share_if_slice"
+        return {key: renormalisation_share(float(sums["diff_sq"]), float(sums["pert_sq"]))}
 
     @classmethod
     def review(cls, per_case) -> Optional[str]:
@@ -285,8 +299,9 @@ class VAFA(Attack):
         if not hit:
             return None
         return (f"in {len(hit)} case(s) ({', '.join(hit)}) more than half of VAFA's perturbation comes from the "
-                "release's per-slice min-max renormalisation, not from the quantisation (slices that do not span "
-                "[0, 1] are stretched); consider --vafa_normalise clip, the paper's formulation")
+                "release's per-slice min-max renormalisation, not from the quantisation (it stretches each axial "
+                "slice of each ROI tile whose values do not span [0, 1]); consider --vafa_normalise clip, the "
+                "paper's formulation")
 
     def _to_unit(self, restored: torch.Tensor) -> torch.Tensor:
         """``R`` ``[B, C, H, W, D]`` on the 0..255 scale -> ``X'`` in [0, 1], by ``normalise``."""

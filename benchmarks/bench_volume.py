@@ -208,15 +208,14 @@ def model_flags(small: bool) -> list[str]:
 def prepare(args) -> tuple[str, str]:
     """The phantom volumes and a checkpoint of random weights (both reused when present)."""
     from data.phantom import write_phantom_dataset
-    from engine.cli import model_settings, parse_eval_args
+    from engine.cli import EVAL_GROUPS, model_settings, parse
     from networks import save_checkpoint
 
     data_dir = os.path.join(args.out, "data")
     write_phantom_dataset(data_dir, n_train=1, n_val=args.cases, shape=tuple(args.size), spacing=SPACING, seed=0)
     checkpoint = os.path.join(args.out, f"unetr_{'small' if args.small else 'paper'}.pt")
     if not os.path.exists(checkpoint):
-        flags = parse_eval_args("", model_flags(args.small) + ["--data_dir", data_dir, "--pretrained_path", "x"],
-                                lambda a, p: None)
+        flags = parse("", model_flags(args.small) + ["--data_dir", data_dir, "--pretrained_path", "x"], EVAL_GROUPS, ())
         torch.manual_seed(0)
         save_checkpoint({"state_dict": model_settings(flags).build().state_dict()}, checkpoint)
     return data_dir, checkpoint

@@ -369,8 +369,18 @@ def class_names(settings: DataSettings, num_classes: int) -> list[str]:
     return names if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]
 
 
+SHIPPED_SPLITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "splits")
+"""Public split files shipped with the tool (``dataset_synapse_18_12.json``: the 18/12 Synapse split)."""
+
+
 def _json_path(data_dir: str, json_list: str) -> str:
-    return json_list if os.path.isabs(json_list) else os.path.join(data_dir, json_list)
+    """``json_list`` as a path: absolute, else inside ``data_dir``, else a shipped split of that name
+    (its entries are relative to ``data_dir`` like any other list's)."""
+    if os.path.isabs(json_list):
+        return json_list
+    path = os.path.join(data_dir, json_list)
+    shipped = os.path.join(SHIPPED_SPLITS, json_list)
+    return shipped if not os.path.isfile(path) and os.path.isfile(shipped) else path
 
 
 # --------------------------------------------------------------------------- datasets and loaders

@@ -46,8 +46,22 @@ VOLUME_FLAGS = ("dataset", "a_min", "a_max", "b_min", "b_max", "space_x", "space
 PATH_FLAGS = frozenset({"data_dir", "json_list", "pretrained_path", "adv_images_dir"})
 """Flags holding paths: a resume compares them as canonical paths."""
 
-LR_SCHEDULES = ("warmup_cosine", "cosine_anneal")
-"""``--lrschedule`` values with a schedule; any other value trains at a constant rate (release)."""
+DEFAULT_MODEL = "unet-r"
+"""The release's model: run-folder names name any other."""
+
+LR_SCHEDULES = ("warmup_cosine", "cosine_anneal", "constant", "none")
+"""``--lrschedule`` values: the release's two schedules, and two names of its constant rate (the release
+took any other value as constant; here a typo is refused)."""
+
+
+def default_workers() -> int:
+    """Data-loading workers by default: one per CPU this process may use beyond the main one, at most 4
+    (the release's 8 oversubscribe a small machine and its shared memory)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(4, cpus - 1))
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -64,9 +78,29 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: ...)`` to a flag's help unless its help already says what the default is."""
+
+    def _get_help_string(self, action):  # noqa: D102 - argparse API
+        if "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def make_parser(description: str, raising: bool = False) -> ArgumentParser:
-    return ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                          raising=raising)
+    return ArgumentParser(description=description, formatter_class=HelpFormatter, raising=raising)
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """Destinations of the flags typed in ``argv`` (abbreviations included), as opposed to defaults."""
+    defaults = {action: action.default for action in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in defaults.items():
+            action.default = default
 
 
 # --------------------------------------------------------------------------- flag groups
@@ -74,7 +108,7 @@ def make_parser(description: str, raising: bool = False) -> ArgumentParser:
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--model_name", default="unet-r", choices=tuple(MODELS), help="network architecture")
+    g.add_argument("--model_name", default=DEFAULT_MODEL, choices=tuple(MODELS), help="network architecture")
     g.add_argument("--in_channels", default=1, type=int, help="input channels")
     g.add_argument("--out_channels", default=None, type=int,
                    help="output classes, background included (default: the dataset's class count, btcv 14)")
@@ -102,7 +136,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--space_x", default=1.5, type=float, help="resampled spacing along x (mm)")
     g.add_argument("--space_y", default=1.5, type=float, help="resampled spacing along y (mm)")
     g.add_argument("--space_z", default=2.0, type=float, help="resampled spacing along z (mm)")
-    g.add_argument("--workers", default=8, type=int, help="data-loading worker processes")
+    g.add_argument("--workers", default=default_workers(), type=int,
+                   help="data-loading worker processes (default: CPUs available - 1, at most 4; the release: 8)")
     g.add_argument("--RandFlipd_prob", default=0.2, type=float, help="random flip probability")
     g.add_argument("--RandRotate90d_prob", default=0.2, type=float, help="random 90-degree rotation probability")
     g.add_argument("--RandScaleIntensityd_prob", default=0.1, type=float, help="random intensity scale probability")
@@ -130,7 +165,8 @@ def add_attack_args(parser: argparse.ArgumentParser) -> None:
                         "together share the attack's early stop and random draws")
 
 
-def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+def add_runtime_args(parser: argparse.ArgumentParser, attacks: bool = True) -> None:
+    """Device, launch, precision flags; ``attacks=False`` leaves out those only an attacking script takes."""
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default=None, type=str, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda when available)")
     g.add_argument("--seed", default=0, type=int, help="random seed")
@@ -145,22 +181,35 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
                         "float32). Default: fp32 for attacks and inference; training: the release's mixed precision "
                         "(fp16 with a gradient scaler on CUDA, fp32 on CPU, fp32 everywhere with --noamp)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (pays a one-off compile time)")
-    g.add_argument("--fused_dice_ce", action="store_true",
-                   help="the Dice-CE of attacks and training from one softmax with a written-out gradient: about "
-                        "2x faster on a CPU, same formula, other float rounding than the release's MONAI DiceCELoss")
+    if attacks:
+        g.add_argument("--fused_dice_ce", action="store_true",
+                       help="the Dice-CE of attacks and training from one softmax with a written-out gradient: about "
+                            "2x faster on a CPU, same formula, other float rounding than the release's MONAI DiceCELoss")
 
 
-def add_eval_output_args(parser: argparse.ArgumentParser) -> None:
+def add_inference_runtime_args(parser: argparse.ArgumentParser) -> None:
+    add_runtime_args(parser, attacks=False)
+
+
+def add_eval_output_args(parser: argparse.ArgumentParser, inference: bool = False) -> None:
+    """Splits and outputs of the evaluation scripts; ``inference=True``: inference's flags only."""
     g = parser.add_argument_group("outputs")
     g.add_argument("--gen_val_adv_mode", action="store_true", help="use the validation split (default)")
     g.add_argument("--gen_train_adv_mode", action="store_true", help="use the training split")
-    g.add_argument("--save_adv_images_dir", default=None, type=str, help="parent folder of the run folder (generation)")
+    if not inference:
+        g.add_argument("--save_adv_images_dir", default=None, type=str, help="parent folder of the run folder (generation)")
     g.add_argument("--adv_images_dir", default="", type=str, help="parent folder holding saved adversarial volumes (inference)")
+    if inference:
+        g.add_argument("--adv_run_dir", default=None, type=str,
+                       help="the generation run folder itself (holding args.json and imagesTsAdv/): its attack, data, "
+                            "model and checkpoint flags are used unless typed here (replaces --adv_images_dir)")
     g.add_argument("--no_sub_dir_adv_images", action="store_true", help="use the given folder itself, not the attack-named sub-folder")
-    g.add_argument("--results_dir", default=None, type=str, help="inference: where results go (default: <adv folder>/inference/<checkpoint name>)")
+    g.add_argument("--results_dir", default=None, type=str,
+                   help="inference: where results go (default: <adv folder>/inference/<checkpoint's parent folder>_<checkpoint name>)")
     g.add_argument("--debugging", action="store_true", help="save nothing, create no folder")
     g.add_argument("--exp_name", default=None, type=str, help="experiment name (recorded in args.json)")
-    g.add_argument("--save_dtype", default="uint8", choices=("uint8", "float32"), help="saved volumes: uint8 x255 (release) or float32 in [0,1]")
+    if not inference:
+        g.add_argument("--save_dtype", default="uint8", choices=("uint8", "float32"), help="saved volumes: uint8 x255 (release) or float32 in [0,1]")
     g.add_argument("--overwrite", action="store_true", help="start the run folder afresh instead of skipping finished cases")
     g.add_argument("--save_figures", action="store_true", help="one PNG per case: slices, perturbation, predictions")
     g.add_argument("--max_cases", default=None, type=int, help="evaluate only the first N cases")
@@ -168,6 +217,10 @@ def add_eval_output_args(parser: argparse.ArgumentParser) -> None:
                    help="finish each case (metrics, saved files) in a background thread while the next case is "
                         "attacked, or inline before it; auto: background on an accelerator, inline on a CPU (where "
                         "the thread would compete for the cores). Same numbers either way")
+
+
+def add_inference_output_args(parser: argparse.ArgumentParser) -> None:
+    add_eval_output_args(parser, inference=True)
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -180,8 +233,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--optim_lr", default=1e-4, type=float, help="learning rate")
     g.add_argument("--reg_weight", default=1e-5, type=float, help="weight decay")
     g.add_argument("--momentum", default=0.99, type=float, help="SGD momentum (Nesterov)")
-    g.add_argument("--lrschedule", default="warmup_cosine", type=str,
-                   help="warmup_cosine (per epoch, linear warm-up from 0) or cosine_anneal; anything else: constant rate")
+    g.add_argument("--lrschedule", default="warmup_cosine", choices=LR_SCHEDULES,
+                   help="warmup_cosine (per epoch, linear warm-up from 0), cosine_anneal, or a constant rate "
+                        "(constant or none)")
     g.add_argument("--warmup_epochs", default=50, type=int, help="linear warm-up epochs of warmup_cosine")
     g.add_argument("--noamp", action="store_true", help="no mixed precision on CUDA (CPU never uses it)")
     g.add_argument("--smooth_nr", default=0.0, type=float, help="Dice numerator smoothing of the Dice-CE loss")
@@ -328,6 +382,10 @@ def check_training_args(args: argparse.Namespace, parser: argparse.ArgumentParse
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.warmup_epochs < 0:
         parser.error(f"--warmup_epochs must not be negative, got {args.warmup_epochs}")
+    if args.lrschedule == "warmup_cosine" and args.warmup_epochs > args.max_epochs:
+        parser.error(f"--warmup_epochs {args.warmup_epochs} exceeds --max_epochs {args.max_epochs}: the run would end "
+                     "inside the linear warm-up (epoch 0 at learning rate 0); pass --warmup_epochs at most "
+                     f"{args.max_epochs}, or --lrschedule constant")
     for name in ("optim_lr", "reg_weight", "momentum", "freq_reg_weight", "smooth_nr", "smooth_dr"):
         value = getattr(args, name)
         if not (value >= 0 and value != float("inf")):
@@ -338,8 +396,10 @@ def check_training_args(args: argparse.Namespace, parser: argparse.ArgumentParse
 
 
 def parse(description: str, argv: Sequence[str] | None, groups: Iterable[Callable], checks: Iterable[Callable],
-          raising: bool = False) -> argparse.Namespace:
-    """Build a parser from flag groups, parse ``argv`` and run the checks in order.
+          adopters: Iterable[Callable] = (), raising: bool = False) -> argparse.Namespace:
+    """Build a parser from flag groups, parse ``argv``, fill the flags not typed from what the run
+    builds on (``adopter(args, parser, typed)``: a generation run folder, a checkpoint), then run
+    the checks in order.
 
     Raises:
         UserError: with ``raising``, a refused flag (otherwise the process exits with status 2).
@@ -348,6 +408,11 @@ def parse(description: str, argv: Sequence[str] | None, groups: Iterable[Callabl
     for add in groups:
         add(parser)
     args = parser.parse_args(argv)
+    adopters = tuple(adopters)
+    if adopters:
+        typed = given_flags(parser, argv)
+        for adopt in adopters:
+            adopt(args, parser, typed)
     for check in checks:
         check(args, parser)
     return args
@@ -360,14 +425,79 @@ def flag_defaults(groups: Iterable[Callable]) -> dict:
         add(parser)
     return to_jsonable({a.dest: a.default for a in parser._actions if a.dest != "help"})
 
+
+MODEL_FLAGS = ("model_name", "in_channels", "out_channels", "roi_x", "roi_y", "roi_z")
+"""Flags that shape the network besides each model's own options (:func:`model_flag_names`)."""
+
+ADV_RUN_RUNTIME_FLAGS = frozenset({"save_adv_images_dir", "adv_images_dir", "adv_run_dir", "no_sub_dir_adv_images",
+                                   "results_dir", "save_dtype", "fused_dice_ce", "attack_batch_size"})
+"""Flags of a generation run's ``args.json`` that inference does not take over from it (beyond
+:data:`RUNTIME_FLAGS`): where things were written, and how the attack ran."""
+
+
+def model_flag_names() -> tuple[str, ...]:
+    """Every flag that decides the network's shape: :data:`MODEL_FLAGS` and the models' own options."""
+    return MODEL_FLAGS + tuple(option.name for option in model_options())
+
+
+def _take(args: argparse.Namespace, record: dict, keys: Iterable[str], typed: set[str]) -> dict:
+    """Set each of ``keys`` that ``record`` holds and the user did not type; returns what changed."""
+    taken = {}
+    for key in keys:
+        if key in record and key not in typed and hasattr(args, key):
+            value = tuple(record[key]) if isinstance(record[key], list) else record[key]
+            if getattr(args, key) not in (None, value):
+                taken[key] = value
+            setattr(args, key, value)
+    return taken
+
+
+def _shown_flags(values: dict) -> str:
+    return " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in values.items())
+
+
+def adopt_checkpoint_model_flags(args: argparse.Namespace, parser: argparse.ArgumentParser, typed: set[str]) -> None:
+    """A checkpoint builds its own model: the model flags the user did not type are taken from the
+    ``args`` the training run stored in it (flags typed explicitly win). A checkpoint without
+    ``args`` (the release's, or one from elsewhere) leaves the flags as they are."""
+    from networks.checkpoint import read_checkpoint_args
+
+    if not getattr(args, "pretrained_path", ""):
+        return
+    stored = read_checkpoint_args(args.pretrained_path)
+    if not stored:
+        return
+    taken = _take(args, stored, model_flag_names(), typed)
+    if taken:
+        sys.stderr.write(f"model flags from the checkpoint {args.pretrained_path}: {_shown_flags(taken)}\n")
+
+
+def adopt_adv_run(args: argparse.Namespace, parser: argparse.ArgumentParser, typed: set[str]) -> None:
+    """``--adv_run_dir``: take the generation run's attack, data, model and checkpoint flags from its
+    ``args.json`` (flags typed explicitly win; runtime and output flags are this run's own)."""
+    if not getattr(args, "adv_run_dir", None):
+        return
+    from utils.io import read_json
+
+    path = os.path.join(args.adv_run_dir, "args.json")
+    if not os.path.isfile(path):
+        parser.error(f"--adv_run_dir {args.adv_run_dir} holds no args.json: pass the run folder that "
+                     "generate_adv_samples.py wrote (it holds args.json and imagesTsAdv/)")
+    try:
+        record = read_json(path)
+    except (OSError, ValueError) as err:
+        parser.error(f"{path} is unreadable ({err})")
+    skip = RUNTIME_FLAGS | ADV_RUN_RUNTIME_FLAGS
+    _take(args, record, [key for key in record if key not in skip], typed)
+    if "max_cases" in record and "max_cases" not in typed:
+        args.max_cases = record["max_cases"]  # only those cases' volumes were saved
+
+
+
 EVAL_GROUPS = (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_eval_output_args, add_runtime_args)
+INFERENCE_GROUPS = (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_inference_output_args,
+                    add_inference_runtime_args)
 TRAINING_GROUPS = (add_model_args, add_data_args, add_pretrained_args, add_attack_args, add_training_args, add_runtime_args)
-
-
-def parse_eval_args(description: str, argv: Sequence[str] | None, check: Callable, raising: bool = False
-                    ) -> argparse.Namespace:
-    """Parser of the two evaluation scripts: same flags, a script-specific final check."""
-    return parse(description, argv, EVAL_GROUPS, (check_model_args, check_eval_args, check_attack_args, check), raising)
 
 
 GENERATION_DESCRIPTION = "Attack a trained segmentation model on a dataset split and report clean vs adversarial metrics."
@@ -381,24 +511,35 @@ def check_generation_args(args: argparse.Namespace, parser: argparse.ArgumentPar
 
 
 def check_inference_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """``inference_on_saved_adv_samples.py``: the folder the volumes were saved to."""
-    if not args.adv_images_dir:
-        parser.error("--adv_images_dir is required: the folder given as --save_adv_images_dir when the volumes were generated")
+    """``inference_on_saved_adv_samples.py``: the generation run folder, or the folder its volumes were saved to."""
+    if not args.adv_images_dir and not args.adv_run_dir:
+        parser.error("--adv_run_dir (the generation run folder) or --adv_images_dir (the folder given as "
+                     "--save_adv_images_dir when the volumes were generated) is required")
+    if args.adv_images_dir and args.adv_run_dir:
+        parser.error("--adv_run_dir and --adv_images_dir exclude each other: --adv_run_dir is the run folder itself")
+
+
+EVAL_CHECKS = (check_model_args, check_eval_args, check_attack_args)
 
 
 def parse_generation_args(argv: Sequence[str] | None = None, raising: bool = False) -> argparse.Namespace:
-    """``generate_adv_samples.py``'s command line, parsed and checked (``raising``: see :func:`parse`)."""
-    return parse_eval_args(GENERATION_DESCRIPTION, argv, check_generation_args, raising)
+    """``generate_adv_samples.py``'s command line, parsed and checked; the checkpoint fills the model
+    flags not typed (``raising``: see :func:`parse`)."""
+    return parse(GENERATION_DESCRIPTION, argv, EVAL_GROUPS, EVAL_CHECKS + (check_generation_args,),
+                 adopters=(adopt_checkpoint_model_flags,), raising=raising)
 
 
 def parse_inference_args(argv: Sequence[str] | None = None, raising: bool = False) -> argparse.Namespace:
-    """``inference_on_saved_adv_samples.py``'s command line, parsed and checked (``raising``: see :func:`parse`)."""
-    return parse_eval_args(INFERENCE_DESCRIPTION, argv, check_inference_args, raising)
+    """``inference_on_saved_adv_samples.py``'s command line: no generation-only flags; ``--adv_run_dir``
+    and the checkpoint fill the flags not typed (``raising``: see :func:`parse`)."""
+    return parse(INFERENCE_DESCRIPTION, argv, INFERENCE_GROUPS, EVAL_CHECKS + (check_inference_args,),
+                 adopters=(adopt_adv_run, adopt_checkpoint_model_flags), raising=raising)
 
 
 def parse_training_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parser of the training script."""
-    return parse(description, argv, TRAINING_GROUPS, (check_model_args, check_attack_args, check_training_args))
+    return parse(description, argv, TRAINING_GROUPS, (check_model_args, check_attack_args, check_training_args),
+                 adopters=(adopt_checkpoint_model_flags,))
 
 
 # --------------------------------------------------------------------------- typed settings
@@ -411,10 +552,32 @@ def attack_settings(args: argparse.Namespace) -> AttackSettings:
                           target_class=args.target_class, batch_size=args.attack_batch_size)
 
 
+def run_folder_names(args: argparse.Namespace) -> list[str]:
+    """The run-folder name of the selected attack, then the other spellings older runs used.
+
+    The attack's name (:meth:`attacks.AttackSettings.folder_name`, the release's names with
+    one spelling per value), plus ``_<model>`` for a model other than the release's
+    ``unet-r`` and ``_<precision>`` for model passes other than fp32: every setting that
+    changes the numbers and that a user varies within one parent folder.
+    """
+    model, precision = getattr(args, "model_name", DEFAULT_MODEL), getattr(args, "precision", None)
+    suffix = ("" if model == DEFAULT_MODEL else f"_{model}") + ("" if precision in (None, "fp32") else f"_{precision}")
+    return [name + suffix for name in attack_settings(args).folder_names()]
+
+
 def adv_subdir_name(args: argparse.Namespace) -> str:
-    """The release's run-folder name of the selected attack (from the attack class)."""
-    cls = get_attack_class(args.attack_name)
-    return cls.folder_name(option_values(cls.options, args))
+    """The run-folder name of the selected attack and model (:func:`run_folder_names`' first)."""
+    return run_folder_names(args)[0]
+
+
+def existing_or_new(parent: str, names: Sequence[str]) -> str:
+    """``parent/<name>`` of the first name that exists there (an older run's spelling is
+    found), else ``parent/<names[0]>``."""
+    for name in names:
+        path = os.path.normpath(os.path.join(parent, name))
+        if os.path.isdir(path):
+            return path
+    return os.path.normpath(os.path.join(parent, names[0]))
 
 
 def model_settings(args: argparse.Namespace) -> ModelSettings:
@@ -452,13 +615,15 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         model=model_settings(args), data=data_settings(args), window=window_settings(args),
         attack=attack_settings(args), checkpoint=args.pretrained_path,
         split=split_for_mode(args.gen_train_adv_mode), max_cases=args.max_cases, run_dir=run_dir,
-        adv_folder=adv_folder, save_dtype=args.save_dtype, save_figures=args.save_figures,
+        adv_folder=adv_folder, save_dtype=getattr(args, "save_dtype", "uint8"), save_figures=args.save_figures,
         overwrite=args.overwrite, seed=args.seed, verbose=args.verbose,
-        title=title + (f" [{args.precision} model passes]" if args.precision not in (None, "fp32") else "")
-        + (" [fused Dice-CE]" if args.fused_dice_ce and adv_folder is None else ""),
+        title=title + (" [--debugging: nothing saved]" if args.debugging else "")
+        + (f" [{args.precision} model passes]" if args.precision not in (None, "fp32") else "")
+        + (" [fused Dice-CE]" if getattr(args, "fused_dice_ce", False) else ""),
         launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
-        path_keys=PATH_FLAGS, defaults=flag_defaults(EVAL_GROUPS), precision=args.precision or "fp32", compile=args.compile,
-        finish_cases=args.finish_cases, fused_loss=args.fused_dice_ce,
+        path_keys=PATH_FLAGS, defaults={**flag_defaults(EVAL_GROUPS), **flag_defaults(INFERENCE_GROUPS)},
+        precision=args.precision or "fp32", compile=args.compile,
+        finish_cases=args.finish_cases, fused_loss=getattr(args, "fused_dice_ce", False),
     )
 
 
@@ -466,25 +631,66 @@ def generation_job(args: argparse.Namespace):
     """:class:`engine.evaluation.EvalJob` of ``generate_adv_samples.py``."""
     attack = attack_settings(args)
     run_dir = None
+    if args.debugging and args.save_adv_images_dir:
+        sys.stderr.write(f"WARNING: --debugging saves nothing: no adversarial volume or report goes to "
+                         f"--save_adv_images_dir {args.save_adv_images_dir} (drop --debugging to save them)\n")
     if not args.debugging:
-        sub = "" if args.no_sub_dir_adv_images else attack.folder_name()
-        run_dir = os.path.normpath(os.path.join(args.save_adv_images_dir, sub))
+        names = [""] if args.no_sub_dir_adv_images else run_folder_names(args)
+        run_dir = existing_or_new(args.save_adv_images_dir, names)
     return _eval_job(args, run_dir, attack.summary())
 
 
 def inference_job(args: argparse.Namespace):
     """:class:`engine.evaluation.EvalJob` of ``inference_on_saved_adv_samples.py``."""
     attack = attack_settings(args)
-    sub = "" if args.no_sub_dir_adv_images else attack.folder_name()
-    folder = os.path.normpath(os.path.join(args.adv_images_dir, sub))
+    if args.adv_run_dir:
+        folder = os.path.normpath(args.adv_run_dir)
+    else:
+        folder = existing_or_new(args.adv_images_dir, [""] if args.no_sub_dir_adv_images else run_folder_names(args))
     if not os.path.isdir(folder):
-        hint = "" if args.no_sub_dir_adv_images else (" (the attack flags name the sub-folder; pass "
-                                                     "--no_sub_dir_adv_images to use the folder itself)")
+        hint = "" if args.no_sub_dir_adv_images or args.adv_run_dir else (
+            " (the attack flags name the sub-folder; pass --adv_run_dir with the run folder itself, or "
+            "--no_sub_dir_adv_images to use the given folder itself)")
         raise UserError(f"adversarial images folder not found: {folder}{hint}")
     _check_same_volumes(args, folder)
-    stem = os.path.splitext(os.path.basename(args.pretrained_path))[0]
-    run_dir = None if args.debugging else os.path.normpath(args.results_dir or os.path.join(folder, "inference", stem))
+    run_dir = None if args.debugging else inference_results_dir(args.results_dir, folder, args.pretrained_path)
     return _eval_job(args, run_dir, f"saved {attack.summary()}", adv_folder=folder)
+
+
+def inference_results_dir(results_dir: str | None, adv_folder: str, checkpoint: str) -> str:
+    """Where an inference run's results go: ``results_dir`` when given, else
+    ``<adv_folder>/inference/<checkpoint's folder>_<checkpoint name>`` (``run/model_best.pt`` ->
+    ``run_model_best``), so that two checkpoints with one file name do not share a folder.
+
+    A folder whose ``args.json`` records this checkpoint is reused (also the older name, the
+    checkpoint's name alone); should the name hold another checkpoint's results, a short
+    digest of this checkpoint's path is added.
+    """
+    import hashlib
+
+    from utils.io import read_json
+
+    if results_dir:
+        return os.path.normpath(results_dir)
+    path = os.path.realpath(os.path.expanduser(checkpoint))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = f"{os.path.basename(os.path.dirname(path))}_{stem}"
+    digest = hashlib.sha1(path.encode()).hexdigest()[:8]
+    parent = os.path.join(adv_folder, "inference")
+
+    def recorded(folder: str):
+        try:
+            found = read_json(os.path.join(folder, "args.json")).get("pretrained_path")
+        except (OSError, ValueError):
+            return None
+        return os.path.realpath(os.path.expanduser(found)) if isinstance(found, str) and found else None
+
+    candidates = [os.path.join(parent, n) for n in (name, stem, f"{name}_{digest}")]
+    for folder in candidates:
+        if recorded(folder) == path:
+            return os.path.normpath(folder)
+    first = candidates[0]
+    return os.path.normpath(first if recorded(first) is None else candidates[2])
 
 
 def _check_same_volumes(args: argparse.Namespace, folder: str) -> None:
@@ -516,14 +722,14 @@ def training_job(args: argparse.Namespace):
     from training.run import TrainingJob
 
     attack = attack_settings(args)
-    sub = attack.folder_name() if args.adv_training_mode and not args.no_sub_dir_model else ""
+    names = run_folder_names(args) if args.adv_training_mode and not args.no_sub_dir_model else [""]
     checkpoint = None
     if args.resume:
-        checkpoint = os.path.normpath(os.path.join(args.checkpoint_dir, sub,
-                                                   "model_best.pt" if args.resume_best else "model_latest.pt"))
+        checkpoint = os.path.join(existing_or_new(args.checkpoint_dir, names),
+                                  "model_best.pt" if args.resume_best else "model_latest.pt")
     continuing = args.resume and not args.resume_but_restart
     parent = args.checkpoint_dir if continuing else args.save_model_dir
-    run_dir = None if args.debugging else os.path.normpath(os.path.join(parent, sub))
+    run_dir = None if args.debugging else existing_or_new(parent, names)
     resume_hint = f"--resume --resume_latest --checkpoint_dir {parent}" + (" --no_sub_dir_model" if args.no_sub_dir_model else "")
     mode = ("vaft" if args.freq_reg_mode else "adversarial") if args.adv_training_mode else "normal"
     return TrainingJob(

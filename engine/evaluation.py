@@ -19,18 +19,18 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from attacks import AttackSettings
 from data.loading import DataSettings, build_dataset, check_case, check_files, class_names, plain_tensor
 from training.losses import build_dice_ce
-from engine.reports import case_rows, format_summary, report_case, summarise
+from engine.reports import DEFINITIONS, case_rows, format_summary, report_case, summarise
 from utils.run_folder import prepare_run_dir, run_lock
 from networks import ModelSettings, WindowSettings, compiled, load_model_weights, predict_volume, with_precision
 from utils import distributed as dist_utils
 from utils.distributed import LaunchSettings
 from utils.errors import UserError
 from utils.io import array_to_volume, load_nifti, read_json, save_nifti, volume_to_array, write_csv, write_json
+from utils.progress import progress
 from utils.seeding import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -182,8 +182,8 @@ class CaseEvaluator:
             dataset, batch_size=1, shuffle=False, num_workers=min(self.job.data.workers, len(todo)),
             collate_fn=lambda batch: batch[0], worker_init_fn=dist_utils.ignore_stop_signals,
         )
-        bar = tqdm(zip(todo, loader), total=len(todo), desc="cases", unit="case",
-                   disable=not dist_utils.is_main_process())
+        bar = progress(zip(todo, loader), enabled=dist_utils.is_main_process(), total=len(todo), desc="cases",
+                       unit="case")
         with CaseFinisher(finishes_in_background(self.job.finish_cases, self.device), self.device) as finisher:
             for (index, item), data in bar:
                 dist_utils.check_stop()  # a safe point: every earlier case is complete on disk once it is handled
@@ -323,7 +323,7 @@ def finish_run(job: EvalJob, results: dict[str, dict], evaluator: CaseEvaluator,
     overall = summarise(per_case, evaluator.class_names) if per_case else {"n_cases": 0}
     # processes and CPU threads: float reductions (hence PGD's gradient signs) depend on the
     # thread count, so runs compare voxel for voxel only at equal threads (torchrun: 1)
-    report = {"overall": overall, "per_case": per_case, "args": dict(job.record),
+    report = {"overall": overall, "definitions": DEFINITIONS, "per_case": per_case, "args": dict(job.record),
               "timing": {"seconds": round(elapsed, 2), "processes": dist_utils.rank_and_world()[1],
                          "torch_threads": torch.get_num_threads()}}
     warning = job.attack.attack_class.review(per_case)
@@ -344,21 +344,22 @@ def finish_run(job: EvalJob, results: dict[str, dict], evaluator: CaseEvaluator,
 def load_trained_model(settings: ModelSettings, checkpoint: str, device: torch.device) -> nn.Module:
     """The network of ``settings`` with the weights of ``checkpoint``, in eval mode."""
     model = settings.build()
-    load_model_weights(model, checkpoint)
+    load_model_weights(model, checkpoint, given=settings.flags())
     logger.info("model %s loaded from %s", settings.name, checkpoint)
     return model.to(device).eval()
 
 
 def _start(job: EvalJob, held: contextlib.ExitStack) -> None:
-    """Logging and the run folder (locked until ``held`` closes), once this process is in its group."""
+    """The run folder and its log file (locked until ``held`` closes), once this process is in its group."""
     from utils.logs import setup_logging
 
-    log_file = os.path.join(job.run_dir, "log.out") if job.run_dir and dist_utils.is_main_process() else None
-    setup_logging(log_file, job.verbose)
     if job.run_dir is not None:
         held.enter_context(run_lock(job.run_dir))
         prepare_run_dir(job.run_dir, job.record, job.runtime_keys, job.overwrite, job.path_keys, job.defaults,
-                        inputs=job.inputs)
+                        inputs=job.inputs,
+                        folder_flag="--save_adv_images_dir" if job.adv_folder is None else "--results_dir")
+    log_file = os.path.join(job.run_dir, "log.out") if job.run_dir and dist_utils.is_main_process() else None
+    setup_logging(log_file, job.verbose)
 
 
 def run_generation(job: EvalJob) -> dict:
@@ -383,10 +384,13 @@ def _run_job(job: EvalJob, device: torch.device, prepare: Callable[[nn.Module], 
     """What both jobs share: stops at safe points, the locked run folder, the model, the case
     loop and the report; ``prepare(model)`` gives the job's way to get adversarial volumes."""
     with dist_utils.stop_on_signals(), contextlib.ExitStack() as held:
+        from utils.logs import setup_logging
+
         started = time.perf_counter()
+        setup_logging(None, job.verbose)
         items = job.items()
-        _start(job, held)
-        model = load_trained_model(job.model, job.checkpoint, device)
+        model = load_trained_model(job.model, job.checkpoint, device)  # a wrong checkpoint leaves no folder
+        _start(job, held)  # the run folder, once the run has started correctly
         model = with_precision(compiled(model, job.compile), job.precision)
         evaluator = CaseEvaluator(job, model, device, save_volumes=save_volumes)
         results = evaluator.run(items, prepare(model))

@@ -7,6 +7,21 @@ from typing import Sequence
 import numpy as np
 
 
+DEFINITIONS = {
+    "dice_clean, dice_adv": "Dice in %, per case the mean over classes with the background included (the paper's "
+                            "release), classes absent from the label skipped; then the mean over cases",
+    "dice_clean_fg, dice_adv_fg": "Dice in %, as above over the foreground classes only (as nnU-Net reports it)",
+    "hd95_clean, hd95_adv": "95th-percentile Hausdorff distance in voxels of the resampled grid, per case the mean "
+                            "over classes present in both label and prediction (the release's): a class missing "
+                            "from the prediction is skipped, so erasing an organ does not raise it",
+    "hd95_clean_worst, hd95_adv_worst": "as hd95_* but a class in the label and missing from the prediction counts "
+                                        "as the volume's diagonal (the worst distance)",
+    "success_rate": "% of voxels whose predicted class the attack changed",
+    "lpips_similarity": "1 - LPIPS (AlexNet), in %",
+}
+"""What each reported number is: written into ``results.json`` next to the numbers."""
+
+
 def summarise(per_case: dict[str, dict], class_names: Sequence[str]) -> dict:
     """Means over cases (each case already averaged over classes, as the paper reports)."""
     scalar_keys = [k for k, v in next(iter(per_case.values())).items() if isinstance(v, (int, float)) or v is None]
@@ -45,15 +60,22 @@ def format_summary(overall: dict, title: str) -> str:
     lpips_note = "" if overall.get("lpips_similarity") is not None else "  (AlexNet weights not cached)"
     lines = [
         f"== {title} ({overall['n_cases']} cases)",
-        f"Mean Dice   clean {fmt(overall.get('dice_clean'))}  adv {fmt(overall.get('dice_adv'))}  (%)",
-        f"Mean HD95   clean {fmt(overall.get('hd95_clean'))}  adv {fmt(overall.get('hd95_adv'))}  (voxels)",
+        f"Mean Dice   clean {fmt(overall.get('dice_clean'))}  adv {fmt(overall.get('dice_adv'))}  (%, background "
+        f"included as the release; foreground only: clean {fmt(overall.get('dice_clean_fg'))}  adv "
+        f"{fmt(overall.get('dice_adv_fg'))})",
+        f"Mean HD95   clean {fmt(overall.get('hd95_clean'))}  adv {fmt(overall.get('hd95_adv'))}  (voxels, missing "
+        f"classes skipped as the release; counted as the worst distance: clean {fmt(overall.get('hd95_clean_worst'))}"
+        f"  adv {fmt(overall.get('hd95_adv_worst'))})",
         f"Voxel attack success rate {fmt(overall.get('success_rate'))} %",
         f"SSIM {fmt(overall.get('ssim'), 4)}   PSNR {fmt(overall.get('psnr'))} dB   "
         f"LPIPS similarity {fmt(overall.get('lpips_similarity'))}{lpips_note}",
     ]
     if overall.get("renormalisation_share") is not None:
         lines.append(f"VAFA renormalisation share {fmt(overall['renormalisation_share'], 3)} "
-                     "(share of the perturbation that the per-slice min-max makes, or would make)")
+                     "(share of the perturbation that the release's per-slice min-max makes)")
+    if overall.get("renormalisation_share_if_slice") is not None:
+        lines.append(f"VAFA renormalisation share had the release's per-slice min-max been used "
+                     f"{fmt(overall['renormalisation_share_if_slice'], 3)} (this run clipped: nothing was renormalised)")
     return "\n".join(lines)
 
 
@@ -68,8 +90,12 @@ def report_case(metrics: dict, class_names: Sequence[str]) -> dict:
     case = {
         "dice_clean": pct(metrics["dice_clean_mean"]),
         "dice_adv": pct(metrics["dice_adv_mean"]),
+        "dice_clean_fg": pct(metrics.get("dice_clean_fg_mean")),
+        "dice_adv_fg": pct(metrics.get("dice_adv_fg_mean")),
         "hd95_clean": num(metrics["hd95_clean_mean"]),
         "hd95_adv": num(metrics["hd95_adv_mean"]),
+        "hd95_clean_worst": num(metrics.get("hd95_clean_worst_mean")),
+        "hd95_adv_worst": num(metrics.get("hd95_adv_worst_mean")),
         "success_rate": pct(metrics["success_rate"]),
         "ssim": num(metrics["ssim"]),
         "psnr": num(metrics["psnr"]),

@@ -35,6 +35,7 @@ __all__ = [
     "load_checkpoint",
     "load_model_weights",
     "read_checkpoint",
+    "read_checkpoint_args",
     "save_checkpoint",
 ]
 
@@ -128,6 +129,38 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if not isinstance(ckpt, Mapping):
         raise UserError(f"checkpoint {path} holds a {type(ckpt).__name__}; expected a dict of weights")
     return dict(ckpt)
+
+
+def read_checkpoint_args(path: str | os.PathLike) -> dict | None:
+    """The flags a checkpoint records under ``args`` (this tool's training writes them), or
+    ``None``: no such entry (the release's checkpoints) or an unreadable file (the real load
+    reports that). Memory-mapped where the format allows, so the weights are not read."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return None
+    for mmap in (True, False):
+        try:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception:  # noqa: BLE001 - an old format cannot be mapped; a corrupt file is reported at load
+            continue
+        args = ckpt.get("args") if isinstance(ckpt, Mapping) else None
+        return dict(args) if isinstance(args, Mapping) else None
+    return None
+
+
+def _model_flags_mismatch(ckpt: Mapping, given: Mapping[str, Any] | None) -> str:
+    """The model flags a checkpoint was trained with that differ from this run's, as
+    ``--flag stored (given: value)``, or ``""``."""
+    stored = ckpt.get("args")
+    if not given or not isinstance(stored, Mapping):
+        return ""
+
+    def same(a, b):
+        return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
+
+    differ = [k for k, v in given.items() if k in stored and not same(stored[k], v)]
+    return ", ".join(f"--{k} {stored[k]} (this run: {given[k]})" for k in differ)
 
 
 def _is_state_dict(obj: Mapping) -> bool:
@@ -231,7 +264,8 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def load_model_weights(model: nn.Module, path_or_ckpt: str | os.PathLike | Mapping, map_location: Any = "cpu") -> dict:
+def load_model_weights(model: nn.Module, path_or_ckpt: str | os.PathLike | Mapping, map_location: Any = "cpu",
+                       given: Mapping[str, Any] | None = None) -> dict:
     """Load checkpoint weights into ``model`` with ``strict=True`` semantics.
 
     Reads (:func:`read_checkpoint`), extracts (:func:`extract_state_dict`) and adapts
@@ -242,6 +276,8 @@ def load_model_weights(model: nn.Module, path_or_ckpt: str | os.PathLike | Mappi
         model: the network to fill, e.g. from ``networks.build_model``.
         path_or_ckpt: a checkpoint file, or a checkpoint / state dict already in memory.
         map_location: passed to ``torch.load`` when a path is given.
+        given: this run's model flags (``{"feature_size": 16, ...}``); when the weights do not
+            fit, those that differ from the flags the checkpoint records are named.
 
     Returns:
         Info: ``source`` (path or ``"<in-memory>"``), ``dropped_keys``, ``filled_keys``
@@ -267,6 +303,10 @@ def load_model_weights(model: nn.Module, path_or_ckpt: str | os.PathLike | Mappi
         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
     if missing or unexpected or mismatched:
+        differ = _model_flags_mismatch(ckpt, given)
+        if differ:
+            raise UserError(f"checkpoint {source} was trained with other model flags: {differ}; drop those flags "
+                            "(a checkpoint's own model flags are used when none is typed) or type its values")
         problems = []
         if missing:
             problems.append(f"{len(missing)} missing keys {_shown(missing)}")

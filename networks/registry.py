@@ -65,6 +65,13 @@ class ModelSettings:
         """
         return build_model(self.name, self.in_channels, self.out_channels, self.roi, **self.options)
 
+    def flags(self) -> dict:
+        """The command-line flags these settings came from (``model_name``, ``roi_x`` ... and the
+        model's own options), as a training run records them in its checkpoints."""
+        roi = dict(zip(("roi_x", "roi_y", "roi_z"), self.roi))
+        return {"model_name": self.name, "in_channels": self.in_channels, "out_channels": self.out_channels,
+                **roi, **self.options}
+
 
 def build_model(name: str, in_channels: int, out_channels: int, img_size: Sequence[int], **options) -> nn.Module:
     """Build the network registered as ``name``; ``options`` are its declared options.

@@ -133,7 +133,7 @@ def run_demo(args: argparse.Namespace) -> None:
         flags = MODEL + data + runtime + [
             "--save_checkpoint", "--save_model_dir", model_dir, "--max_epochs", str(args.epochs),
             "--val_every", str(max(1, args.epochs // 5)), "--batch_size", "1", "--optim_lr", "4e-3",
-            "--lrschedule", "warmup_cosine", "--warmup_epochs", "5", "--crop_sampling", "classes",
+            "--lrschedule", "warmup_cosine", "--warmup_epochs", str(min(5, args.epochs)), "--crop_sampling", "classes",
             "--RandFlipd_prob", "0", "--RandRotate90d_prob", "0", "--precision", precision,
             "--infer_overlap", "0.25", "--seed", "0"]
         if done:

@@ -40,7 +40,7 @@ TIMEOUT = 240  # seconds for one launch: generous on a loaded 2-core machine, st
 # training: a tiny UNETR on 16^3 crops (ROI sides must be multiples of 16)
 TINY_TRAIN = ["--feature_size", "8", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4",
               "--roi_x", "16", "--roi_y", "16", "--roi_z", "16", "--infer_overlap", "0", "--sw_batch_size", "4",
-              "--device", "cpu", "--workers", "0", "--seed", "0"]
+              "--device", "cpu", "--workers", "0", "--seed", "0", "--warmup_epochs", "1"]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -182,7 +182,8 @@ def test_a_corrupt_validation_file_is_found_before_training(dataset, tmp_path, c
         f.write(gzip.compress(raw[: len(raw) - 1000]))  # a whole gzip stream, too few voxels
     argv = ["--data_dir", dataset.data_dir, "--json_list", dataset.json_name, "--workers", "0", "--device", "cpu",
             "--feature_size", "8", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4",
-            "--roi_x", "32", "--roi_y", "32", "--roi_z", "16", "--max_epochs", "1", "--save_model_dir", str(tmp_path / "m")]
+            "--roi_x", "32", "--roi_y", "32", "--roi_z", "16", "--max_epochs", "1", "--warmup_epochs", "1",
+            "--save_model_dir", str(tmp_path / "m")]
     code, err = run_main(train_script.main, argv, capsys)
     one_line_error(code, err, 2, "cannot read image file")
     assert not (tmp_path / "m" / "metrics.csv").exists()  # refused before any epoch ran
@@ -433,7 +434,7 @@ def test_a_new_training_run_never_replaces_another_runs_metrics(tiny_dataset, tm
     (folder / "args.json").write_text("{}")
     before = snapshot(folder)
     argv = ["--data_dir", tiny_dataset.data_dir, "--json_list", tiny_dataset.json_name, "--workers", "0",
-            "--device", "cpu", "--max_epochs", "1", "--save_model_dir", str(folder)]  # no --save_checkpoint
+            "--device", "cpu", "--max_epochs", "1", "--warmup_epochs", "1", "--save_model_dir", str(folder)]  # no --save_checkpoint
     code, err = run_main(train_script.main, argv, capsys)
     one_line_error(code, err, 2, "already holds metrics.csv of another run")
     assert snapshot(folder) == before

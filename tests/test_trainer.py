@@ -357,7 +357,9 @@ def test_metrics_rows_from_the_resumed_epoch_on_are_dropped(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,loss,val_dice\n0,1.0,\n1,0.9,0.5\n2,0.8,\n")
     rows = tr.read_metrics_rows(str(path), before_epoch=2)
-    assert [r["epoch"] for r in rows] == ["0", "1"] and rows[1]["val_dice"] == "0.5"
+    # an older run's fraction column becomes the % column
+    assert [r["epoch"] for r in rows] == ["0", "1"] and float(rows[1]["val_dice_pct"]) == 50.0
+    assert "val_dice" not in rows[1] and rows[0]["val_dice_pct"] == ""
     assert tr.read_metrics_rows(str(tmp_path / "missing.csv"), 3) == []
 
 

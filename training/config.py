@@ -12,8 +12,13 @@ from attacks import AttackSettings
 from networks import WindowSettings
 
 
+OLD_METRICS_COLUMNS = {"val_dice": "val_dice_pct", "val_dice_adv": "val_dice_adv_pct"}
+"""``metrics.csv`` columns of older runs (Dice as a fraction) and their names now (in %)."""
+
+
 def read_metrics_rows(path: str, before_epoch: int) -> list[dict]:
-    """Rows of an existing ``metrics.csv`` for epochs ``< before_epoch`` (a resume rewrites the rest)."""
+    """Rows of an existing ``metrics.csv`` for epochs ``< before_epoch`` (a resume rewrites the rest);
+    an older run's Dice fractions are converted to the % columns."""
     if not os.path.isfile(path):
         return []
     with open(path, newline="") as f:
@@ -25,7 +30,12 @@ def read_metrics_rows(path: str, before_epoch: int) -> list[dict]:
         except ValueError:
             continue
         if epoch < before_epoch:
-            kept.append(dict(row))
+            row = dict(row)
+            for old, new in OLD_METRICS_COLUMNS.items():
+                if old in row and new not in row:
+                    value = row.pop(old)
+                    row[new] = repr(100.0 * float(value)) if value not in ("", None) else value
+            kept.append(row)
     return kept
 
 

@@ -202,7 +202,7 @@ def _train_process(job: TrainingJob, device: torch.device) -> TrainingResult:
     seed_everything(job.seed)
     model = job.model.build()
     if job.pretrained and job.resume_from is None:  # before any folder is made: a wrong checkpoint leaves none
-        load_model_weights(model, job.pretrained)
+        load_model_weights(model, job.pretrained, given=job.model.flags())
     with run_lock(job.run_dir, hint="wait for it to finish or choose another --save_model_dir"):
         check_folders(job)  # again, holding the lock: a run that started meanwhile has written its files
         return _train_locked(job, device, model, rank, world)

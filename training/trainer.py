@@ -67,6 +67,10 @@ METRICS_FILE = "metrics.csv"
 CHECKPOINT_FORMAT = 1
 
 
+def _pct(fraction: Optional[float]) -> Optional[float]:
+    return None if fraction is None else 100.0 * fraction
+
+
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -210,12 +214,12 @@ class Trainer:
         Raises:
             _Interrupted: a stop signal arrived (checked after every batch).
         """
-        from tqdm.auto import tqdm
+        from utils.progress import progress
 
         self.seed_epoch(epoch)
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not self.is_main)
+        bar = progress(self.train_loader, enabled=self.is_main, desc=f"epoch {epoch}", unit="batch", leave=False)
         for index, batch in enumerate(bar):
             terms = self.train_step(batch)
             for name, value in terms.items():
@@ -241,13 +245,14 @@ class Trainer:
 
     def validate(self, epoch: int) -> dict[str, float]:
         """Mean validation Dice (per case: Dice per class, background included, NaN-mean over
-        classes; then mean over cases — the release's accuracy, in [0, 1]).
+        classes; then mean over cases — the release's accuracy, in [0, 1]) and ``val_cases``.
 
         With ``--val_attack`` also ``val_dice_adv``: the first ``--val_attack_cases`` cases
-        attacked whole (ROI tiles, as the generation script) and predicted again. Cases are
-        sharded across ranks and gathered.
+        attacked whole (ROI tiles, as the generation script) and predicted again, with
+        ``val_dice_clean_attacked``, the clean Dice of those same cases, and
+        ``val_attacked_cases``. Cases are sharded across ranks and gathered.
         """
-        from tqdm.auto import tqdm
+        from utils.progress import progress
 
         from utils.metrics import class_mean, dice_per_class
 
@@ -256,7 +261,7 @@ class Trainer:
         config = self.config
         indices = self.val_indices if self.val_indices is not None else range(10**9)
         results: dict[int, dict] = {}
-        bar = tqdm(self.val_loader, desc=f"validation {epoch}", unit="case", leave=False, disable=not self.is_main)
+        bar = progress(self.val_loader, enabled=self.is_main, desc=f"validation {epoch}", unit="case", leave=False)
         for index, batch in zip(indices, bar):
             images, labels = self.unpack(batch)
             entry = {"dice": class_mean(dice_per_class(self.predict(images), labels, config.num_classes))}
@@ -264,6 +269,7 @@ class Trainer:
                 seed_everything(config.seed + index)  # the same perturbation budget draw every validation
                 adv = config.attack.attack_volume(self.attack, images, labels, config.window.roi)
                 entry["dice_adv"] = class_mean(dice_per_class(self.predict(adv), labels, config.num_classes))
+                entry["dice_clean_attacked"] = entry["dice"]  # the clean Dice of the same cases, to compare with
             results[index] = entry
         merged: dict[int, dict] = {}
         for part in dist_utils.all_gather_objects(results):
@@ -273,9 +279,11 @@ class Trainer:
             values = [r[key] for r in merged.values() if key in r and not math.isnan(r[key])]
             return float(np.mean(values)) if values else float("nan")
 
-        out = {"val_dice": mean("dice")}
+        out = {"val_dice": mean("dice"), "val_cases": len(merged)}
         if config.val_attack:
             out["val_dice_adv"] = mean("dice_adv")
+            out["val_dice_clean_attacked"] = mean("dice_clean_attacked")
+            out["val_attacked_cases"] = sum("dice_adv" in r for r in merged.values())
         return out
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:
@@ -473,9 +481,10 @@ class Trainer:
                 if self.scheduler is not None:
                     self.scheduler.step()
                 elapsed = time.perf_counter() - started
-                row = {"epoch": epoch, **terms, "lr": lr, "val_dice": val.get("val_dice")}
+                row = {"epoch": epoch, **terms, "lr": lr, "val_dice_pct": _pct(val.get("val_dice"))}
                 if config.val_attack:
-                    row["val_dice_adv"] = val.get("val_dice_adv")
+                    row["val_dice_adv_pct"] = _pct(val.get("val_dice_adv"))
+                    row["val_dice_clean_attacked_pct"] = _pct(val.get("val_dice_clean_attacked"))
                 row["epoch_time"] = round(elapsed, 3)
                 self._write_metrics(row)
                 # best first: a crash between the two writes leaves the previous latest, whose
@@ -491,8 +500,8 @@ class Trainer:
                 self.writer = None
         result.best_acc, result.last_acc, result.history = self.best_acc, self.last_acc, list(self.rows)
         if not result.preempted:
-            logger.info("training finished: best validation Dice %.4f, last %s%s", self.best_acc,
-                        "n/a" if self.last_acc is None else f"{self.last_acc:.4f}",
+            logger.info("training finished: best validation Dice %.2f %%, last %s%s", 100 * self.best_acc,
+                        "n/a" if self.last_acc is None else f"{100 * self.last_acc:.2f} %",
                         f"; run folder {self.run_dir}" if self.run_dir else "")
         return result
 
@@ -500,10 +509,11 @@ class Trainer:
         parts = " ".join(f"{k} {v:.4f}" for k, v in terms.items())
         line = f"epoch {epoch}/{self.config.max_epochs - 1} | {parts} | lr {lr:.3e}"
         if val:
-            line += f" | val Dice {val['val_dice']:.4f}"
+            line += (f" | val Dice {100 * val['val_dice']:.2f} % ({val['val_cases']} cases) best "
+                     f"{100 * self.best_acc:.2f} %" + (" (new best)" if new_best else ""))
             if "val_dice_adv" in val:
-                line += f" (attacked {val['val_dice_adv']:.4f})"
-            line += f" best {self.best_acc:.4f}" + (" (new best)" if new_best else "")
+                line += (f" | attacked {100 * val['val_dice_adv']:.2f} % vs clean "
+                         f"{100 * val['val_dice_clean_attacked']:.2f} % on the same {val['val_attacked_cases']} cases")
         logger.info("%s | %.1f s", line, elapsed)
 
     def _log_stop(self, epoch: int, result: TrainingResult) -> None:

@@ -443,6 +443,36 @@ def _warn_unavailable(err: Exception) -> None:
 # one case
 
 
+def hd95_worst_case(hd95: torch.Tensor, pred: ArrayLike, label: ArrayLike, num_classes: int,
+                    spacing: Optional[Union[float, Sequence[float]]] = None) -> torch.Tensor:
+    """HD95 per class with an erased organ counted as the worst distance.
+
+    :func:`hd95_per_class` gives NaN for a class the ground truth holds but the prediction
+    lacks, and the mean over classes skips it, so erasing an organ lowers the mean HD95.
+    Here such a class counts as the volume's diagonal (the largest distance two voxels of
+    the volume can have, in voxels or, with ``spacing``, in mm). Classes absent from the
+    ground truth stay NaN.
+
+    Args:
+        hd95: ``[N]`` from :func:`hd95_per_class`.
+        pred: predicted class indices, the shapes :func:`hd95_per_class` takes.
+        label: ground-truth class indices, same shape.
+        num_classes: number of classes ``N``.
+        spacing: voxel size per axis (or one number), as given to :func:`hd95_per_class`.
+
+    Returns:
+        ``[N]`` float tensor on the CPU.
+    """
+    pred_t, label_t = _label_pair(pred, label, num_classes)
+    in_label = torch.bincount(label_t.flatten(), minlength=num_classes).cpu() > 0
+    in_pred = torch.bincount(pred_t.flatten(), minlength=num_classes).cpu() > 0
+    sides = torch.tensor(pred_t.shape[-3:], dtype=torch.float64)
+    if spacing is not None:
+        sides = sides * torch.as_tensor(spacing, dtype=torch.float64)
+    diagonal = float(sides.square().sum().sqrt())
+    return torch.where(in_label & ~in_pred, torch.full_like(hd95, diagonal), hd95.cpu())
+
+
 def compute_case_metrics(
     image_clean: ArrayLike,
     image_adv: ArrayLike,
@@ -467,7 +497,10 @@ def compute_case_metrics(
 
     Returns:
         ``dice_clean``/``dice_adv``/``hd95_clean``/``hd95_adv`` (per-class lists, NaN where
-        undefined) with ``*_mean`` (NaN-skipping means over classes), ``success_rate``,
+        undefined) with ``*_mean`` (NaN-skipping means over classes, background included as
+        in the release), ``dice_*_fg_mean`` (foreground classes only, as nnU-Net reports),
+        ``hd95_*_worst_mean`` (an organ missing from the prediction counted as the volume's
+        diagonal, :func:`hd95_worst_case`), ``success_rate``,
         ``ssim``, ``psnr`` and ``lpips_similarity`` (``None`` if not computed). Dice,
         success rate, SSIM and LPIPS similarity are fractions.
     """
@@ -478,12 +511,16 @@ def compute_case_metrics(
     return {
         "dice_clean": dice_clean.tolist(),
         "dice_clean_mean": class_mean(dice_clean),
+        "dice_clean_fg_mean": class_mean(dice_clean[1:]),
         "dice_adv": dice_adv.tolist(),
         "dice_adv_mean": class_mean(dice_adv),
+        "dice_adv_fg_mean": class_mean(dice_adv[1:]),
         "hd95_clean": hd95_clean.tolist(),
         "hd95_clean_mean": class_mean(hd95_clean),
+        "hd95_clean_worst_mean": class_mean(hd95_worst_case(hd95_clean, pred_clean, label, num_classes, spacing)),
         "hd95_adv": hd95_adv.tolist(),
         "hd95_adv_mean": class_mean(hd95_adv),
+        "hd95_adv_worst_mean": class_mean(hd95_worst_case(hd95_adv, pred_adv, label, num_classes, spacing)),
         "success_rate": success_rate(pred_clean, pred_adv),
         "ssim": ssim3d(image_clean, image_adv),
         "psnr": psnr(image_clean, image_adv),

@@ -115,6 +115,41 @@ def option_values(options: Iterable[Option], values: Mapping[str, Any] | argpars
     return picked
 
 
+def canonical_value(option: Option, value: Any) -> Any:
+    """``value`` in the option's own type (``4`` of a float option is ``4.0``; a list becomes a
+    tuple), so that one value has one spelling wherever it is printed (folder names, summaries)."""
+    if value is None or isinstance(value, bool) or option.type in (bool, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(canonical_value(option, v) for v in value)
+    if isinstance(value, (int, float)) and option.type in (int, float):
+        converted = option.type(value)
+        return converted if converted == value else value  # never round a value silently
+    return value
+
+
+def canonical_values(options: Iterable[Option], values: Mapping[str, Any]) -> dict:
+    """``values`` with each declared option's value in its canonical spelling (:func:`canonical_value`);
+    keys no option declares are kept as they are."""
+    declared = {option.name: option for option in options}
+    return {key: canonical_value(declared[key], value) if key in declared else value for key, value in values.items()}
+
+
+def integral_float_spellings(options: Iterable[Option], values: Mapping[str, Any]) -> list[dict]:
+    """Every other spelling older folder names may have used for ``values``: each float option
+    holding a whole number written also as an int (``eps_4`` beside ``eps_4.0``), in all
+    combinations; the canonical spelling itself is not among them."""
+    import itertools
+
+    whole = [option.name for option in options if option.type is float and option.name in values
+             and isinstance(values[option.name], float) and values[option.name].is_integer()]
+    variants = []
+    for as_int in itertools.product((False, True), repeat=len(whole)):
+        if any(as_int):
+            variants.append({**values, **{name: int(values[name]) for name, flag in zip(whole, as_int) if flag}})
+    return variants
+
+
 def constructor_kwargs(options: Iterable[Option], values: Mapping[str, Any]) -> dict:
     """Keyword arguments of the constructor: each option's value converted (:meth:`Option.convert`)."""
     return {option.keyword or option.name: option.convert(values[option.name])

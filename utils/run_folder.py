@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from typing import Any, Mapping
@@ -19,6 +20,8 @@ INPUTS_FILE = "inputs.json"
 """The content of the files a run's numbers come from (:func:`utils.io.file_fingerprint` per role:
 the checkpoint, the saved volumes' generation report): a path that now holds other bytes
 (retrained weights saved over the old ones) makes the folder's finished cases stale."""
+
+logger = logging.getLogger(__name__)
 
 
 def _canonical(value: Any) -> Any:
@@ -38,6 +41,14 @@ def changed_settings(previous: Mapping, now: Mapping, runtime_keys, path_keys=fr
         return _canonical(found) if key in path_keys else found
 
     return sorted(k for k in set(previous) | set(now) if k not in runtime_keys and value(previous, k) != value(now, k))
+
+
+def holds_finished_cases(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds a finished case's record or a results file (work a rerun with
+    other settings must not mix with); a folder left by a start that failed holds neither."""
+    cases = os.path.join(run_dir, "cases")
+    finished = os.path.isdir(cases) and any(name.endswith(".json") for name in os.listdir(cases))
+    return finished or os.path.exists(os.path.join(run_dir, "results.json"))
 
 
 @contextlib.contextmanager
@@ -104,12 +115,13 @@ def record_inputs(run_dir: str, inputs: Mapping[str, str]) -> None:
 
 
 def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool, path_keys=frozenset(),
-                    defaults: Mapping = None, inputs: Mapping[str, str] = None) -> None:
+                    defaults: Mapping = None, inputs: Mapping[str, str] = None, folder_flag: str = "") -> None:
     """Create or reuse a run folder: never silently mix two different runs.
 
     Call it under :func:`run_lock`. An existing folder
     whose ``args.json`` records other numbers-changing settings is an error unless
-    ``overwrite``; with ``overwrite`` only the files this tool writes are removed. Anything
+    ``overwrite`` or the folder holds no finished case (:func:`holds_finished_cases`: a
+    failed start never blocks the corrected command); with ``overwrite`` only the files this tool writes are removed. Anything
     else in the folder is left alone. Temporary files of a killed write are removed, then
     ``args.json`` is written with ``record`` (the run's resolved arguments).
 
@@ -122,6 +134,7 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
         defaults: each flag's default, for keys an older ``args.json`` lacks.
         inputs: ``{role: path}`` of the files the numbers come from (the checkpoint ...);
             their content is recorded in :data:`INPUTS_FILE` and compared on a resume.
+        folder_flag: the flag that chooses the folder, named in the refusal.
 
     Raises:
         UserError: the folder holds an unreadable ``args.json``, or holds a run
@@ -144,17 +157,23 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
             raise UserError(f"{args_file} is unreadable ({err}); it records which settings the finished cases in "
                             "that folder used: restore it, or choose another output folder") from None
         changed = changed_settings(previous, record, runtime_keys, path_keys, defaults)
-        if changed:
+        if changed and not holds_finished_cases(run_dir):
+            # a start that failed before any case was finished: nothing to protect
+            logger.info("run folder %s holds no finished case; its settings are replaced (%s)", run_dir,
+                        ", ".join(changed[:5]))
+        elif changed:
             details = ", ".join(f"{k}: {previous.get(k)!r} -> {record.get(k)!r}" for k in changed[:5])
             raise UserError(
                 f"run folder {run_dir} holds a run with other settings ({details}); choose another output folder "
-                "to keep it (or, to discard its finished cases, pass --overwrite)"
+                f"to keep it{f' (with {folder_flag})' if folder_flag else ''} (or, to discard its finished cases, "
+                "pass --overwrite)"
             )
-        stale = changed_inputs(run_dir, inputs)
+        stale = changed_inputs(run_dir, inputs) if holds_finished_cases(run_dir) else []
         if stale:
             raise UserError(
                 f"run folder {run_dir} holds cases computed from other contents of {', '.join(stale)} (the file "
-                "changed since); choose another output folder to keep them (or, to discard them, pass --overwrite)"
+                f"changed since); choose another output folder to keep them{f' (with {folder_flag})' if folder_flag else ''} "
+                "(or, to discard them, pass --overwrite)"
             )
     if dist_utils.is_main_process():
         for folder in ("", *RUN_FOLDERS):  # what a killed write left behind

@@ -290,3 +290,21 @@ def test_class_crop_sampling_centres_crops_on_small_organs(tiny_dataset, data_ar
     # a centre on the organ itself: at least 1/14 of the crops (its own turn), plus the neighbours'
     assert share_classes >= 1 / 14
     assert share_classes > 2 * share_posneg
+
+
+def test_the_shipped_synapse_split_is_found_without_a_copy_in_the_data_folder(tmp_path):
+    import json
+
+    from data.loading import SHIPPED_SPLITS, load_datalist
+
+    split = json.load(open(os.path.join(SHIPPED_SPLITS, "dataset_synapse_18_12.json")))
+    train = {e["image"] for e in split["training"]}
+    val = {e["image"] for e in split["validation"]}
+    assert len(train) == 18 and len(val) == 12 and not train & val  # the 18 / 12 split, disjoint
+    for entry in split["training"] + split["validation"]:
+        for key in ("image", "label"):
+            (tmp_path / entry[key]).parent.mkdir(exist_ok=True)
+            (tmp_path / entry[key]).write_bytes(b"")
+    items = load_datalist(str(tmp_path), "dataset_synapse_18_12.json", "validation")
+    assert [os.path.basename(i["image"]) for i in items][:2] == ["img0001.nii.gz", "img0002.nii.gz"]
+    assert all(i["image"].startswith(str(tmp_path)) for i in items)

@@ -45,7 +45,8 @@ def test_share_is_reported_per_case_and_overall(tiny_dataset, checkpoint, tmp_pa
     (case,) = results["per_case"].values()
     assert 0 <= case["renormalisation_share"] == pytest.approx(results["overall"]["renormalisation_share"])
     assert float(rows[0]["renormalisation_share"]) == pytest.approx(case["renormalisation_share"])
-    assert any("axial slices do not span [0, 1]" in r.getMessage() for r in caplog.records)
+    assert any("axial slices do not span [0, 1]" in r.getMessage() and "tile" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_a_compressed_range_fires_the_warning_and_clip_perturbs_less(tiny_dataset, checkpoint, tmp_path, caplog):
@@ -62,6 +63,11 @@ def test_a_compressed_range_fires_the_warning_and_clip_perturbs_less(tiny_datase
                            tmp_path / "vafa_q_max_20.0_i_2_3d_dct_8x8x8_use_ssim_loss_False_clip")
     # the stretch is gone: the clipped attack changes the image far less
     assert clip_results["overall"]["psnr"] > slice_results["overall"]["psnr"] + 10
+    # a clip run says what its share is (the release's form's, not applied) and does not advise clip
+    clip_case = clip_results["per_case"][name]
+    assert "renormalisation_share" not in clip_case and clip_case["renormalisation_share_if_slice"] > 0.5
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if "--vafa_normalise clip" in w]) == 1
 
 
 def test_the_flag_reaches_adversarial_training_and_its_validation_attack(tmp_path):

@@ -60,7 +60,7 @@ def test_generation_writes_the_release_layout(attack, base_flags, tmp_path, tiny
 
 def test_folder_names_follow_the_release():
     ns = argparse.Namespace(attack_name="vafa-3d", q_max=20.0, steps=20, block_size=(32, 32, 32), use_ssim_loss=True,
-                            alpha=0.01, eps=4.0, std=4.0)
+                            alpha=0.01, eps=4.0, std=4.0, target_class=0, attack_batch_size=6)
     assert adv_subdir_name(ns) == "vafa_q_max_20.0_i_20_3d_dct_32x32x32_use_ssim_loss_True"
     ns.attack_name, ns.block_size = "vafa-2d", (32, 32)
     assert adv_subdir_name(ns) == "vafa_q_max_20.0_i_20_2d_dct_32x32"
@@ -204,7 +204,9 @@ def test_inference_on_saved_samples_matches_generation(pgd_run, capsys):
     code, err = run_main(inf.main, flags, capsys)
     assert code == 0, err
     generated = json.loads((run_dir / "results.json").read_text())["per_case"]
-    inferred = json.loads((run_dir / "inference" / "model" / "results.json").read_text())["per_case"]
+    ckpt = argv[argv.index("--pretrained_path") + 1]  # <parent>/model.pt
+    folder = f"{os.path.basename(os.path.dirname(ckpt))}_model"
+    inferred = json.loads((run_dir / "inference" / folder / "results.json").read_text())["per_case"]
     assert generated.keys() == inferred.keys()
     for name in generated:
         assert inferred[name]["dice_clean"] == pytest.approx(generated[name]["dice_clean"], abs=1e-6)
@@ -221,6 +223,8 @@ def test_debugging_saves_nothing(base_flags, tmp_path, capsys):
                                                  "--attack_name", "gn"], capsys)
     assert code == 0, err
     assert not (tmp_path / "out").exists()
+    # the release's README passes both: the user is told, not left to find an empty folder later
+    assert "WARNING: --debugging saves nothing" in err and str(tmp_path / "out") in err
 
 
 # --------------------------------------------------------------------------- bad input

@@ -68,7 +68,7 @@ def small_list(tiny_dataset, tmp_path_factory):
     small = {"training": absolute(content["training"][:2]), "validation": absolute(content["validation"][:1])}
     path = tmp_path_factory.mktemp("lists") / "small.json"
     path.write_text(json.dumps(small))
-    return ["--data_dir", root, "--json_list", str(path)] + TINY
+    return ["--data_dir", root, "--json_list", str(path), "--warmup_epochs", "1"] + TINY
 
 
 def run(argv, capsys):
@@ -168,20 +168,21 @@ def test_two_epochs_end_to_end(mode, small_list, tmp_path, capsys):
 
     rows = metrics(run_dir)
     assert [r["epoch"] for r in rows] == ["0", "1"]
-    expected = {"epoch", "loss", "lr", "val_dice", "epoch_time"}
+    expected = {"epoch", "loss", "lr", "val_dice_pct", "epoch_time"}
     if mode == "vaft":
-        expected |= {"loss_clean", "loss_adv", "loss_freq", "val_dice_adv"}
+        expected |= {"loss_clean", "loss_adv", "loss_freq", "val_dice_adv_pct", "val_dice_clean_attacked_pct"}
     assert expected <= set(rows[0]), rows[0]
     assert float(rows[0]["lr"]) == 0.0 and float(rows[1]["lr"]) > 0  # warmup_cosine: epoch 0 at lr 0 (release)
     for row in rows:
-        assert 0.0 <= float(row["val_dice"]) <= 1.0
+        assert 0.0 <= float(row["val_dice_pct"]) <= 100.0
         if mode == "vaft":
             total = float(row["loss_clean"]) + float(row["loss_adv"]) + float(row["loss_freq"])
             assert float(row["loss"]) == pytest.approx(total, rel=1e-5)
-            assert float(row["val_dice_adv"]) >= 0.0
+            assert float(row["val_dice_adv_pct"]) >= 0.0
 
     ckpt = read_checkpoint(os.path.join(run_dir, "model_latest.pt"))
-    assert ckpt["epoch"] == 1 and ckpt["best_acc"] == pytest.approx(max(float(r["val_dice"]) for r in rows))
+    # the checkpoint keeps the release's fraction; metrics.csv names its unit
+    assert ckpt["epoch"] == 1 and 100 * ckpt["best_acc"] == pytest.approx(max(float(r["val_dice_pct"]) for r in rows))
     assert not any(k.startswith("module.") for k in ckpt["model_state_dict"])
     assert ckpt["scheduler_state_dict"]["last_epoch"] == 2
     log = open(os.path.join(run_dir, "log.out")).read()
@@ -244,7 +245,7 @@ def test_resume_with_more_epochs_continues_the_run(small_list, tmp_path, capsys)
     assert not os.path.exists(os.path.join(parts, "model_best.pt"))  # no validation yet
     code, err = run(common + ["--max_epochs", "2", "--resume", "--resume_latest", "--checkpoint_dir", parts], capsys)
     assert code == 0, err
-    assert [r["epoch"] for r in metrics(parts)] == ["0", "1"] and metrics(parts)[1]["val_dice"] == ""
+    assert [r["epoch"] for r in metrics(parts)] == ["0", "1"] and metrics(parts)[1]["val_dice_pct"] == ""
     final, expected = _weights(os.path.join(parts, "model_latest.pt")), _weights(os.path.join(whole, "model_latest.pt"))
     assert all(torch.equal(final[k], expected[k]) for k in expected)
     # nothing left to do: the run has its 2 epochs

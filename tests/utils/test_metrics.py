@@ -262,8 +262,8 @@ def test_compute_case_metrics(empty_hub):
     result = compute_case_metrics(image, image_adv, label[None, None], pred_clean, pred_adv, num_classes=3)
 
     assert set(result) == {
-        "dice_clean", "dice_clean_mean", "dice_adv", "dice_adv_mean",
-        "hd95_clean", "hd95_clean_mean", "hd95_adv", "hd95_adv_mean",
+        "dice_clean", "dice_clean_mean", "dice_clean_fg_mean", "dice_adv", "dice_adv_mean", "dice_adv_fg_mean",
+        "hd95_clean", "hd95_clean_mean", "hd95_clean_worst_mean", "hd95_adv", "hd95_adv_mean", "hd95_adv_worst_mean",
         "success_rate", "ssim", "psnr", "lpips_similarity",
     }  # fmt: skip
     assert result["dice_clean"][:2] == [1.0, 1.0] and math.isnan(result["dice_clean"][2])
@@ -331,3 +331,27 @@ def test_hd95_equals_monai_on_the_whole_volume():
         finally:
             torch.set_num_threads(previous)
         torch.testing.assert_close(got, want.float(), equal_nan=True)
+
+
+def test_foreground_mean_and_an_erased_organ_as_the_worst_distance():
+    # two organs; the attacked prediction erases organ 2 and shifts organ 1 by two voxels
+    shape = (16, 16, 8)
+    label = cube(shape, (2, 2, 2), 4) + cube(shape, (9, 9, 2), 4, value=2)
+    pred = cube(shape, (4, 2, 2), 4)
+    result = compute_case_metrics(torch.zeros(shape), torch.zeros(shape), label, label, pred, num_classes=3)
+    truth_bg, pred_bg = 16 * 16 * 8 - 128, 16 * 16 * 8 - 64
+    both_bg = 16 * 16 * 8 - 128 - 2 * 16  # background in both: pred's shifted organ 1 covers 2 slabs of 16 more
+    background = 2 * both_bg / (truth_bg + pred_bg)
+    organ1 = 2 * 32 / (64 + 64)
+    assert result["dice_adv"] == pytest.approx([background, organ1, 0.0])
+    assert result["dice_adv_mean"] == pytest.approx((background + organ1) / 3)  # the release's: background in
+    assert result["dice_adv_fg_mean"] == pytest.approx(organ1 / 2)  # foreground only
+    # the release's HD95 skips the erased organ; the worst-case field counts the volume's diagonal
+    hd = result["hd95_adv"]
+    assert math.isnan(hd[2])
+    assert result["hd95_adv_mean"] == pytest.approx((hd[0] + hd[1]) / 2)
+    diagonal = math.sqrt(16**2 + 16**2 + 8**2)
+    assert result["hd95_adv_worst_mean"] == pytest.approx((hd[0] + hd[1] + diagonal) / 3)
+    assert result["hd95_clean_worst_mean"] == result["hd95_clean_mean"] == 0.0
+    spaced = metrics.hd95_worst_case(torch.tensor(hd), pred, label, 3, spacing=(1.5, 1.5, 2.0))
+    assert float(spaced[2]) == pytest.approx(math.sqrt(24**2 + 24**2 + 16**2))
