@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from engine import cli
+from engine import cli, jobs
 
 
 def parse_args(argv=None):
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from engine.evaluation import run_generation
 
-    return cli.run_script(cli.generation_job, run_generation, args, "generate_adv_samples.py")
+    return jobs.run_script(jobs.generation_job, run_generation, args, "generate_adv_samples.py")
 
 
 if __name__ == "__main__":

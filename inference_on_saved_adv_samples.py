@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from engine import cli
+from engine import cli, jobs
 
 
 def parse_args(argv=None):
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from engine.evaluation import run_inference
 
-    return cli.run_script(cli.inference_job, run_inference, args, "inference_on_saved_adv_samples.py")
+    return jobs.run_script(jobs.inference_job, run_inference, args, "inference_on_saved_adv_samples.py")
 
 
 if __name__ == "__main__":

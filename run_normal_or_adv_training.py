@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from engine import cli
+from engine import cli, jobs
 
 
 def parse_args(argv=None):
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from training.run import run_training
 
-    return cli.run_script(cli.training_job, run_training, args, "run_normal_or_adv_training.py")
+    return jobs.run_script(jobs.training_job, run_training, args, "run_normal_or_adv_training.py")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks import AttackSettings  # noqa: E402
 from attacks.seg_losses import APGD_LOSSES  # noqa: E402
 from data.loading import build_dataset, plain_tensor  # noqa: E402
-from engine import cli  # noqa: E402
+from engine import cli, flags  # noqa: E402
 from engine.evaluation import load_trained_model  # noqa: E402
 from training.losses import build_dice_ce  # noqa: E402
 from engine.evaluation import worst_volume  # noqa: E402
@@ -69,7 +69,7 @@ def add_bench_args(parser) -> None:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
-    return cli.parse(__doc__, argv, (cli.add_model_args, cli.add_data_args, add_bench_args), (cli.check_model_args,))
+    return cli.parse(__doc__, argv, (flags.add_model_args, flags.add_data_args, add_bench_args), (cli.check_model_args,))
 
 
 def centre_crop(volume: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -47,11 +47,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def build(flags: list[str], device: torch.device):
-    from engine import cli
+    from engine import cli, jobs
     from training import run as training
 
     args = cli.parse_training_args("", flags)
-    job = cli.training_job(args)
+    job = jobs.training_job(args)
     torch.manual_seed(0)
     return training.build_trainer(job, job.model.build(), device)
 

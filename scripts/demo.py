@@ -55,12 +55,12 @@ def train(argv: list[str]):
         StopRequested: the training was stopped by a signal (it saved its last finished
             epoch and, as the script does, returned normally): nothing may be attacked.
     """
-    from engine import cli
+    from engine import jobs
     from training.run import run_training
     from utils.distributed import StopRequested
 
     say(run_normal_or_adv_training, argv)
-    result = run_training(cli.training_job(run_normal_or_adv_training.parse_args(argv)))
+    result = run_training(jobs.training_job(run_normal_or_adv_training.parse_args(argv)))
     if result.preempted:
         raise StopRequested(getattr(signal, str(result.stop_signal), signal.SIGTERM))
     return result
@@ -69,11 +69,11 @@ def train(argv: list[str]):
 def attack(argv: list[str]) -> str:
     """One attack step as ``generate_adv_samples.py`` runs it; returns its run folder (a stop
     signal ends it at a safe point with :class:`StopRequested`)."""
-    from engine import cli
+    from engine import jobs
     from engine.evaluation import run_generation
 
     say(generate_adv_samples, argv)
-    job = cli.generation_job(generate_adv_samples.parse_args(argv))
+    job = jobs.generation_job(generate_adv_samples.parse_args(argv))
     run_generation(job)
     return job.run_dir
 
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.steps < 1:
         parser.error("--epochs and --steps must be at least 1")
-    from engine.cli import run_driver
+    from engine.jobs import run_driver
 
     return run_driver(run_demo, args, "demo.py", unit="step")
 

@@ -45,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from engine.cli import run_driver, setup_logging
+    from engine.jobs import run_driver
+    from utils.logs import setup_logging
 
     setup_logging()
     return run_driver(analyse_and_write, args, "frequency_bands.py", unit="output")

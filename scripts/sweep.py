@@ -73,7 +73,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, passed = parse_args(argv)
-    from engine.cli import run_driver, setup_logging
+    from engine.jobs import run_driver
+    from utils.logs import setup_logging
     from studies.sweep import run_sweep
     from studies.sweep_report import tables_markdown, write_sweep_outputs
     from utils.distributed import check_stop

@@ -31,7 +31,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.cli import ArgumentParser, run_driver, setup_logging  # noqa: E402
+from engine.cli import ArgumentParser  # noqa: E402
+from engine.jobs import run_driver  # noqa: E402
+from utils.logs import setup_logging  # noqa: E402
 from studies.transfer import TransferJob, TransferModel, format_matrix, run_transfer  # noqa: E402
 
 PROG = "transfer_matrix.py"

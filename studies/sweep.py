@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
 from attacks import ATTACKS, BIM, FGSM, PGD, VAFA2D, VAFA3D, GaussianNoise, get_attack_class, preset_flags
-from engine import cli
+from engine import cli, flags, jobs
 from utils.run_folder import changed_inputs, changed_settings
 from studies import paper_tables
 from utils.errors import UserError
@@ -277,7 +277,7 @@ def finished_report(run_dir: str, args: argparse.Namespace) -> Optional[dict]:
     except (OSError, ValueError, KeyError, TypeError) as err:
         logger.warning("%s is unreadable or incomplete (%s); the cell is done again", path, err)
         return None
-    if changed_settings(got, to_jsonable(vars(args)), cli.RUNTIME_FLAGS - {"max_cases"}, cli.PATH_FLAGS,
+    if changed_settings(got, to_jsonable(vars(args)), flags.RUNTIME_FLAGS - {"max_cases"}, flags.PATH_FLAGS,
                         cli.flag_defaults(cli.EVAL_GROUPS)):
         return None
     if changed_inputs(run_dir, {"checkpoint": args.pretrained_path}):
@@ -295,7 +295,7 @@ def run_cell(args: argparse.Namespace) -> int:
     """
     from engine.evaluation import run_generation
 
-    run_generation(cli.generation_job(args))
+    run_generation(jobs.generation_job(args))
     return 0
 
 
@@ -344,7 +344,7 @@ def run_sweep(settings: SweepSettings, runner: Optional[Callable] = None) -> lis
         if args is None:
             rows.append(cell_row(settings.preset, cell, None, None, "skipped", note))
             continue
-        run_dir = cli.generation_job(args).run_dir
+        run_dir = jobs.generation_job(args).run_dir
         report = finished_report(run_dir, args)
         status = "reused" if report is not None else "pending"
         if report is None and not settings.report_only and position % count == index:

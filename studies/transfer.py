@@ -163,7 +163,7 @@ def run_cell(job: TransferJob, surrogate: TransferModel, target: TransferModel) 
     Raises:
         UserError: the cell's flags are refused (one line naming the flag) or its inference run fails.
     """
-    from engine import cli
+    from engine import cli, jobs
     from engine.evaluation import run_inference
 
     folder = cell_dir(job, surrogate, target)
@@ -175,7 +175,7 @@ def run_cell(job: TransferJob, surrogate: TransferModel, target: TransferModel) 
         raise UserError(f"the flags of cell {surrogate.label} -> {target.label} were refused: "
                         f"{' '.join(str(err).split())}; flags: {shlex.join(argv)}") from None
     try:
-        eval_job = cli.inference_job(args)
+        eval_job = jobs.inference_job(args)
         if not job.overwrite:
             overall = finished_overall(folder, eval_job)
             if overall is not None:

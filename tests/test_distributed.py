@@ -28,7 +28,7 @@ from networks.checkpoint import load_model_weights, read_checkpoint
 from tests.dist_probe import spawned_probe
 from tests.scripts.helpers import data_flags, make_tiny_checkpoint, run_main, tiny_model_flags
 from utils import distributed as dist_utils
-from engine.cli import adv_subdir_name, run_cli
+from engine.jobs import adv_subdir_name, run_cli
 from utils.distributed import DistEnv, LaunchSettings, first_slurm_host, read_launcher_env
 from utils.errors import UserError
 

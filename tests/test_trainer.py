@@ -12,7 +12,7 @@ import torch
 
 import training.trainer as tr
 from data import sampling
-from engine import cli
+from engine import jobs
 from training import optim, run as training
 from utils import seeding
 from utils.errors import UserError
@@ -25,13 +25,13 @@ from training.losses import build_dice_ce, frequency_consistency_loss
 
 def run_folder(args):
     """``(run folder, checkpoint to resume)`` the training script derives from its flags."""
-    job = cli.training_job(args)
+    job = jobs.training_job(args)
     return job.run_dir, job.resume_from
 
 
 def make_trainer(args, model, device, **kwargs):
     """The trainer the training script builds for these flags (loss, optimiser, schedule, attack)."""
-    return training.build_trainer(cli.training_job(args), model, device, **kwargs)
+    return training.build_trainer(jobs.training_job(args), model, device, **kwargs)
 
 ROI = (16, 16, 16)
 CLASSES = 3
@@ -78,33 +78,33 @@ def test_warmup_cosine_follows_the_release_closed_form():
 def test_schedules_step_per_epoch_and_match_torch_cosine():
     args = make_args("--lrschedule", "cosine_anneal", "--max_epochs", "7", "--optim_lr", "0.1")
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    ours = optim.build_scheduler(cli.training_job(args).optim, opt)
+    ours = optim.build_scheduler(jobs.training_job(args).optim, opt)
     ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     ref = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=7)
     for _ in range(7):
         assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], abs=1e-12)
         opt.step(), ref_opt.step(), ours.step(), ref.step()
     warm_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    warm = optim.build_scheduler(cli.training_job(make_args("--warmup_epochs", "3", "--max_epochs", "9")).optim, warm_opt)
+    warm = optim.build_scheduler(jobs.training_job(make_args("--warmup_epochs", "3", "--max_epochs", "9")).optim, warm_opt)
     lrs = []
     for _ in range(4):
         lrs.append(warm_opt.param_groups[0]["lr"])
         warm_opt.step(), warm.step()
     assert lrs == pytest.approx([0.0, 0.5, 1.0, 1.0])
-    assert optim.build_scheduler(cli.training_job(make_args("--lrschedule", "none")).optim, opt) is None
+    assert optim.build_scheduler(jobs.training_job(make_args("--lrschedule", "none")).optim, opt) is None
 
 
 def test_scheduler_state_round_trips_without_callables():
     args = make_args("--warmup_epochs", "3", "--max_epochs", "9")
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=1.0)
-    sched = optim.build_scheduler(cli.training_job(args).optim, opt)
+    sched = optim.build_scheduler(jobs.training_job(args).optim, opt)
     for _ in range(4):
         opt.step(), sched.step()
     state = sched.state_dict()
     assert state["lr_lambdas"] == [None] and state["last_epoch"] == 4
     opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched2 = optim.build_scheduler(cli.training_job(args).optim, opt2)
+    sched2 = optim.build_scheduler(jobs.training_job(args).optim, opt2)
     opt2.load_state_dict(opt.state_dict())
     sched2.load_state_dict(state)
     opt2.step(), sched2.step(), opt.step(), sched.step()
@@ -114,7 +114,7 @@ def test_scheduler_state_round_trips_without_callables():
 @pytest.mark.parametrize("name, cls", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
 def test_optimisers_take_the_release_hyperparameters(name, cls):
     args = make_args("--optim_name", name, "--optim_lr", "0.01", "--reg_weight", "0.001")
-    opt = optim.build_optimizer(cli.training_job(args).optim, [torch.nn.Parameter(torch.zeros(1))])
+    opt = optim.build_optimizer(jobs.training_job(args).optim, [torch.nn.Parameter(torch.zeros(1))])
     group = opt.param_groups[0]
     assert isinstance(opt, cls) and group["lr"] == 0.01 and group["weight_decay"] == 0.001
     if name == "sgd":

@@ -9,7 +9,7 @@ import pytest
 import generate_adv_samples as gen
 import inference_on_saved_adv_samples as inf
 from attacks import ATTACKS, AttackSettings
-from engine import cli
+from engine import jobs
 from tests.scripts.helpers import data_flags, tiny_model_flags
 
 
@@ -21,7 +21,7 @@ def flags(tiny_dataset, tmp_path):
 
 
 def _gen_dir(flags, out, *extra):
-    return cli.generation_job(gen.parse_args(flags + ["--save_adv_images_dir", str(out), *extra])).run_dir
+    return jobs.generation_job(gen.parse_args(flags + ["--save_adv_images_dir", str(out), *extra])).run_dir
 
 
 @pytest.mark.parametrize("attack, flag, typed", [("pgd", "--eps", "4"), ("pgd", "--eps", "4.0"),
@@ -41,7 +41,7 @@ def test_an_old_spelling_folder_is_found_by_generation_and_inference(flags, tmp_
     old.mkdir()
     assert _gen_dir(flags, tmp_path, "--attack_name", "pgd") == str(old)
     assert _gen_dir(flags, tmp_path, "--attack_name", "pgd", "--eps", "4") == str(old)
-    job = cli.inference_job(inf.parse_args(flags + ["--adv_images_dir", str(tmp_path), "--attack_name", "pgd"]))
+    job = jobs.inference_job(inf.parse_args(flags + ["--adv_images_dir", str(tmp_path), "--attack_name", "pgd"]))
     assert job.adv_folder == str(old)
     # with no folder on disk the canonical spelling is the one created
     (old).rmdir()

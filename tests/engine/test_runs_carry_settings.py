@@ -11,7 +11,7 @@ import torch
 
 import generate_adv_samples as gen
 import inference_on_saved_adv_samples as inf
-from engine import cli
+from engine import cli, jobs
 from engine.evaluation import load_trained_model
 from networks import read_checkpoint
 from tests.scripts.helpers import TINY_MODEL, TINY_ROI, data_flags, eval_flags, make_tiny_checkpoint, run_main
@@ -78,18 +78,18 @@ def test_inference_from_the_run_folder_alone(tiny_dataset, tmp_path, capsys, one
 
 def test_two_checkpoints_with_one_file_name_do_not_collide(tmp_path):
     adv = str(tmp_path / "adv")
-    first = cli.inference_results_dir(None, adv, str(tmp_path / "model" / "model_latest.pt"))
-    other = cli.inference_results_dir(None, adv, str(tmp_path / "other" / "model_latest.pt"))
+    first = jobs.inference_results_dir(None, adv, str(tmp_path / "model" / "model_latest.pt"))
+    other = jobs.inference_results_dir(None, adv, str(tmp_path / "other" / "model_latest.pt"))
     assert first != other
     # same folder name too: once the first has written its record, the second gets a folder of its own
     a, b = str(tmp_path / "a" / "run" / "model.pt"), str(tmp_path / "b" / "run" / "model.pt")
-    taken = cli.inference_results_dir(None, adv, a)
+    taken = jobs.inference_results_dir(None, adv, a)
     os.makedirs(taken)
     with open(os.path.join(taken, "args.json"), "w") as f:
         json.dump({"pretrained_path": a}, f)
-    assert cli.inference_results_dir(None, adv, a) == taken  # found again
-    assert cli.inference_results_dir(None, adv, b) not in (taken, None)
-    assert cli.inference_results_dir(str(tmp_path / "mine"), adv, b) == str(tmp_path / "mine")
+    assert jobs.inference_results_dir(None, adv, a) == taken  # found again
+    assert jobs.inference_results_dir(None, adv, b) not in (taken, None)
+    assert jobs.inference_results_dir(str(tmp_path / "mine"), adv, b) == str(tmp_path / "mine")
 
 
 def test_a_refused_inference_folder_names_results_dir(tmp_path):

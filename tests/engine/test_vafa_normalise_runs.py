@@ -12,7 +12,7 @@ import torch
 
 import generate_adv_samples as gen
 import run_normal_or_adv_training as train_script
-from engine import cli
+from engine import cli, jobs
 from training import run as training
 from networks import build_model
 from tests.scripts.helpers import eval_flags
@@ -26,8 +26,8 @@ VAFA = ["--attack_name", "vafa-3d", "--block_size", "8", "8", "8", "--steps", "2
 def test_the_default_keeps_the_release_folder_and_clip_gets_its_own(tiny_dataset, checkpoint, tmp_path):
     default = gen.parse_args(eval_flags(tiny_dataset, checkpoint, tmp_path, *VAFA))
     clip = gen.parse_args(eval_flags(tiny_dataset, checkpoint, tmp_path, *VAFA, "--vafa_normalise", "clip"))
-    assert cli.adv_subdir_name(default) == "vafa_q_max_20.0_i_2_3d_dct_8x8x8_use_ssim_loss_False"
-    assert cli.adv_subdir_name(clip) == "vafa_q_max_20.0_i_2_3d_dct_8x8x8_use_ssim_loss_False_clip"
+    assert jobs.adv_subdir_name(default) == "vafa_q_max_20.0_i_2_3d_dct_8x8x8_use_ssim_loss_False"
+    assert jobs.adv_subdir_name(clip) == "vafa_q_max_20.0_i_2_3d_dct_8x8x8_use_ssim_loss_False_clip"
     assert cli.attack_settings(clip).build(None, None).normalise == "clip"
 
 
@@ -78,8 +78,8 @@ def test_the_flag_reaches_adversarial_training_and_its_validation_attack(tmp_pat
     args = train_script.parse_args(argv)
     model = build_model("unet-r", in_channels=1, out_channels=3, img_size=(16, 16, 16), feature_size=8,
                         hidden_size=48, mlp_dim=96, num_heads=4)
-    trainer = training.build_trainer(cli.training_job(args), model, torch.device("cpu"))
+    trainer = training.build_trainer(jobs.training_job(args), model, torch.device("cpu"))
     assert type(trainer).__name__ == "VAFTTrainer" and trainer.attack.normalise == "clip"
-    assert cli.training_job(args).run_dir is None
+    assert jobs.training_job(args).run_dir is None
     args = train_script.parse_args([a for a in argv if a != "--debugging"] + ["--save_model_dir", str(tmp_path)])
-    assert cli.training_job(args).run_dir.endswith("_use_ssim_loss_False_clip")
+    assert jobs.training_job(args).run_dir.endswith("_use_ssim_loss_False_clip")

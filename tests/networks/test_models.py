@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import cli
+from engine import cli, jobs
 from training import run as training
 from networks import MODELS, build_model, model_options
 from run_normal_or_adv_training import parse_args
@@ -61,7 +61,7 @@ def test_model_goes_through_one_attack_and_one_training_step(name):
     optimiser step on DiceCE(M(X'), Y) changes the weights (constant rate: warm-up starts at 0)."""
     args = training_args(name, "--adv_training_mode", "--attack_name", "pgd", "--steps", "1", "--eps", "8",
                          "--noamp", "--optim_lr", "1e-2", "--lrschedule", "constant")
-    job = cli.training_job(args)
+    job = jobs.training_job(args)
     torch.manual_seed(0)
     model = job.model.build()
     trainer = training.build_trainer(job, model, torch.device("cpu"))

@@ -136,7 +136,7 @@ def test_input_affine_maps_onto_the_authors_normalisation():
 def test_vaft_step_with_deep_supervision():
     """The training script's VAFT trainer on UNETR++ returning three resolutions: Dice-CE weighted over
     them, the frequency-consistency term on the full-resolution logits, the attack on eval-mode output."""
-    from engine import cli
+    from engine import jobs
     from training import run as training
     from run_normal_or_adv_training import parse_args
     from tests.networks.test_models import batch_for
@@ -146,7 +146,7 @@ def test_vaft_step_with_deep_supervision():
                        "--unetrpp_depths", "1", "1", "1", "1", "--unetrpp_deep_supervision",
                        "--roi_x", "32", "--roi_y", "32", "--roi_z", "16", "--adv_training_mode", "--freq_reg_mode",
                        "--attack_name", "pgd", "--steps", "1", "--noamp", "--lrschedule", "constant"])
-    job = cli.training_job(args)
+    job = jobs.training_job(args)
     torch.manual_seed(0)
     model = job.model.build()
     trainer = training.build_trainer(job, model, torch.device("cpu"))

@@ -15,7 +15,7 @@ import generate_adv_samples as gen
 import inference_on_saved_adv_samples as inf
 from attacks import ATTACKS
 from tests.scripts.helpers import ATTACK_FLAGS, data_flags, make_tiny_checkpoint, run_main, tiny_model_flags
-from engine.cli import adv_subdir_name
+from engine.jobs import adv_subdir_name
 
 
 @pytest.fixture(scope="module")

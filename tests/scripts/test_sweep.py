@@ -167,8 +167,6 @@ def test_a_grid_over_attacks_names_the_attack_in_its_table():
 def test_a_registered_toy_attack_sweeps_from_its_own_presets(flags, tmp_path, monkeypatch, capsys, one_thread):
     """Registering an attack (one registry entry) is all a grid over attacks needs: its class's presets are the
     cell's base flags, and worst-case sweeps like any other attack."""
-    import torch
-
     from attacks import ATTACKS, Attack
     from attacks.options import EPS
 

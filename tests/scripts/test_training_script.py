@@ -14,23 +14,23 @@ import torch
 import run_normal_or_adv_training as script
 import training.trainer as tr
 from data import sampling
-from engine import cli
+from engine import jobs
 from training import optim, run as training
 from utils import seeding
 from networks import build_model
 from networks.checkpoint import read_checkpoint
-from engine.cli import adv_subdir_name
+from engine.jobs import adv_subdir_name
 
 
 def run_folder(args):
     """``(run folder, checkpoint to resume)`` the training script derives from its flags."""
-    job = cli.training_job(args)
+    job = jobs.training_job(args)
     return job.run_dir, job.resume_from
 
 
 def make_trainer(args, model, device, **kwargs):
     """The trainer the training script builds for these flags (loss, optimiser, schedule, attack)."""
-    return training.build_trainer(cli.training_job(args), model, device, **kwargs)
+    return training.build_trainer(jobs.training_job(args), model, device, **kwargs)
 
 TINY = ["--feature_size", "8", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4",
         "--roi_x", "16", "--roi_y", "16", "--roi_z", "16", "--infer_overlap", "0", "--sw_batch_size", "4",
