@@ -144,3 +144,16 @@ def test_largest_block_is_the_papers_32_where_it_fits(robust_demo):
     assert robust_demo.largest_block((48, 48, 32)) == 16
     assert robust_demo.largest_block((32, 32, 16)) == 16
     assert robust_demo.largest_block((40, 40, 24)) == 8
+
+
+def test_results_of_an_earlier_model_of_the_same_name_are_refused(robust_demo, tmp_path):
+    """A model trained again (other weights, same path) must not inherit the old model's evaluation cells."""
+    checkpoint = tmp_path / "model_latest.pt"
+    checkpoint.write_bytes(b"new weights")
+    out = tmp_path / "table6"
+    (out / "runs" / "m_pgd_pgd").mkdir(parents=True)
+    (out / "models.json").write_text(json.dumps({"M_PGD": robust_demo.sha256(__file__)}))  # other content
+    args, _ = robust_demo.parse_args(["--pretrained_path", "base.pt"])
+    with pytest.raises(robust_demo.UserError, match="earlier M_PGD"):
+        robust_demo.evaluate({"M_PGD": str(checkpoint)}, [], args, 16, str(out))
+    assert json.loads((out / "models.json").read_text())["M_PGD"] == robust_demo.sha256(__file__)  # left as it was
