@@ -179,13 +179,13 @@ def robustness_plot(rows: Sequence[Mapping], path: str) -> str:
             continue
         for column in vafa:
             if dice[model].get(column) is not None:
-                ax_trade.scatter(clean, dice[model][column], color=colours(i % 10), marker=markers[column],
-                                 label=column if i == 0 else None)
+                ax_trade.scatter(clean, dice[model][column], color=colours(i % 10), marker=markers[column])
         attacked = [v for c, v in dice[model].items() if c != "clean" and v is not None]
         if attacked:
-            ax_trade.scatter(clean, min(attacked), color=colours(i % 10), marker="x",
-                             label="worst attack" if i == 0 else None)
+            ax_trade.scatter(clean, min(attacked), color=colours(i % 10), marker="x")
             ax_trade.annotate(model, (clean, min(attacked)), fontsize=6, xytext=(3, -8), textcoords="offset points")
+    for column, marker in [*markers.items(), ("worst attack", "x")]:  # the shapes' legend, in grey
+        ax_trade.scatter([], [], color="grey", marker=marker, label=column)
     ax_trade.set(xlabel="clean Dice (%)", ylabel="Dice under attack (%)", title="Clean vs robust Dice")
     ax_trade.grid(alpha=0.3)
     ax_trade.legend(fontsize=7)
