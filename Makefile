@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all demo paper-demo bench clean
+.PHONY: venv test test-all demo paper-demo robust-demo bench clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,8 @@ DEMO_OUT ?= demo_output
 PAPER_DEMO_OUT ?= paper_demo_output
 PAPER_DEMO_STEPS ?= 3
 PAPER_DEMO_ARGS ?=
+ROBUST_DEMO_OUT ?= robust_demo_output
+ROBUST_DEMO_ARGS ?=
 DEMO_FLAGS = --feature_size 8 --hidden_size 96 --mlp_dim 192 --num_heads 4 --roi_x 48 --roi_y 48 --roi_z 32 \
 	--dataset btcv --data_dir $(DEMO_OUT)/data --json_list dataset.json --infer_overlap 0.25 \
 	--pretrained_path $(DEMO_OUT)/model/model_best.pt --device cpu --workers 2
@@ -50,3 +52,8 @@ $(DEMO_OUT)/model/.demo_finished: | $(STAMP)
 paper-demo: $(DEMO_OUT)/model/.demo_finished | $(STAMP)
 	$(PY) scripts/sweep.py --preset table2 --out $(PAPER_DEMO_OUT)/table2 --steps $(PAPER_DEMO_STEPS) $(DEMO_FLAGS) $(PAPER_DEMO_ARGS)
 	$(PY) scripts/sweep.py --preset table4 --out $(PAPER_DEMO_OUT)/table4 --steps $(PAPER_DEMO_STEPS) $(DEMO_FLAGS) $(PAPER_DEMO_ARGS)
+
+# the paper's Table 6 on the demo data: the demo model fine-tuned clean, with PGD, VAFA and VAFT (both VAFA forms),
+# each attacked with PGD, FGSM, BIM, VAFA (both forms) and APGD, on CPU; a rerun reuses what is finished
+robust-demo: $(DEMO_OUT)/model/model_best.pt | $(STAMP)
+	$(PY) scripts/robust_demo.py --out $(ROBUST_DEMO_OUT) $(DEMO_FLAGS) $(ROBUST_DEMO_ARGS)

@@ -139,3 +139,54 @@ def band_plot(bands: Sequence[str], energy_share: Sequence[float], dice: Optiona
     for ax in axes:
         ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
+
+
+def robustness_plot(rows: Sequence[Mapping], path: str) -> str:
+    """Table 6 as a figure: Dice of each model clean and under each attack (left), and each model's clean Dice
+    against its Dice under each VAFA column and its worst over every attack (right).
+
+    Args:
+        rows: a row per (model, attack) cell with ``model``, ``label``, ``attack``, ``dice_clean``, ``dice_adv``.
+        path: the PNG to write.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    columns = ["clean"] + list(dict.fromkeys(r["label"] for r in rows))
+    dice = {m: {"clean": next((r["dice_clean"] for r in rows if r["model"] == m and r.get("dice_clean") is not None),
+                              None)} for m in models}
+    for r in rows:
+        dice[r["model"]][r["label"]] = r.get("dice_adv")
+    fig, (ax_bars, ax_trade) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
+    colours = plt.get_cmap("tab10")
+    width = 0.8 / max(1, len(models))
+    xs = np.arange(len(columns))
+    for i, model in enumerate(models):
+        values = [dice[model].get(c) for c in columns]
+        ax_bars.bar(xs + (i - (len(models) - 1) / 2) * width, [np.nan if v is None else v for v in values],
+                    width=width, color=colours(i % 10), label=model)
+    ax_bars.set_xticks(xs)
+    ax_bars.set_xticklabels(columns, fontsize=8)
+    ax_bars.set(ylabel="Dice (%)", title="Dice of each model, clean and under each attack")
+    ax_bars.grid(alpha=0.3, axis="y")
+    ax_bars.legend(fontsize=7, ncol=2)
+    vafa = [c for c in columns if c.startswith("VAFA")]
+    markers = dict(zip(vafa, ("o", "^", "s", "D")))
+    for i, model in enumerate(models):
+        clean = dice[model]["clean"]
+        if clean is None:
+            continue
+        for column in vafa:
+            if dice[model].get(column) is not None:
+                ax_trade.scatter(clean, dice[model][column], color=colours(i % 10), marker=markers[column])
+        attacked = [v for c, v in dice[model].items() if c != "clean" and v is not None]
+        if attacked:
+            ax_trade.scatter(clean, min(attacked), color=colours(i % 10), marker="x")
+            ax_trade.annotate(model, (clean, min(attacked)), fontsize=6, xytext=(3, -8), textcoords="offset points")
+    for column, marker in [*markers.items(), ("worst attack", "x")]:  # the shapes' legend, in grey
+        ax_trade.scatter([], [], color="grey", marker=marker, label=column)
+    ax_trade.set(xlabel="clean Dice (%)", ylabel="Dice under attack (%)", title="Clean vs robust Dice")
+    ax_trade.grid(alpha=0.3)
+    ax_trade.legend(fontsize=7)
+    return _save(fig, path)

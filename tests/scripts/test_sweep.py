@@ -122,13 +122,29 @@ def test_presets_cover_the_papers_tables():
     assert [c.params["steps"] for c in sweep.build_preset("table3").cells] == [10, 20, 30, 40, 50, 60]
     assert len(sweep.build_preset("table5").cells) == 10
     t6 = sweep.build_preset("table6", models=[("A", "a.pt"), ("B", "b.pt")])
-    assert len(t6.cells) == 8 and len({c.key for c in t6.cells}) == 8
+    assert len(t6.cells) == 12 and len({c.key for c in t6.cells}) == 12
+    assert [c.label for c in t6.cells[:6]] == ["PGD", "FGSM", "BIM", "VAFA", "VAFA clip", "APGD"]
     with pytest.raises(ValueError, match="--models"):
         sweep.build_preset("table6")
     with pytest.raises(ValueError, match="exactly one"):
         sweep.build_preset("table1", ["q_max=1"])
     with pytest.raises(ValueError, match="KEY=V1"):
         sweep.parse_grid(["q_max"])
+
+
+def test_table6_vafa_block_yields_to_an_override_and_its_clip_column_does_not(flags, tmp_path):
+    """32^3 blocks do not divide the tiny ROI (32x32x16): skipped by default, run at --block_size 16 16 16;
+    the clip column keeps the paper's clip whatever the overrides say."""
+    preset = sweep.build_preset("table6", models=[("A", "a.pt")])
+    rows = sweep.run_sweep(sweep.SweepSettings(preset=preset, overrides=tuple(flags), out=str(tmp_path), report_only=True))
+    assert {r["label"]: r["status"] for r in rows if r["attack"] == "vafa-3d"} == {"VAFA": "skipped", "VAFA clip": "skipped"}
+    settings = sweep.SweepSettings(preset=preset, overrides=(*flags, "--block_size", "16", "16", "16",
+                                                             "--vafa_normalise", "slice"), out=str(tmp_path))
+    parsed = {c.label: sweep.parse_cell(sweep.cell_argv(settings, c)) for c in preset.cells}
+    assert parsed["VAFA"].block_size == parsed["VAFA clip"].block_size == (16, 16, 16)
+    assert (parsed["VAFA"].vafa_normalise, parsed["VAFA clip"].vafa_normalise) == ("slice", "clip")
+    assert parsed["APGD"].attack_name == "apgd" and parsed["APGD"].eps == 4
+    assert {a.pretrained_path for a in parsed.values()} == {"a.pt"}
 
 
 def test_sweep_refuses_flags_it_sets(capsys):
