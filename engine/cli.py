@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Sequence
 from attacks import ATTACKS, AttackSettings, all_attack_options, get_attack_class
 from data.datasets import DATASETS, get_dataset
 from data.loading import CROP_SAMPLINGS, DataSettings, split_for_mode
-from networks import MODELS, PRECISIONS, ModelSettings, WindowSettings, get_model_entry, model_options
+from networks import BLENDS, MODELS, PRECISIONS, ModelSettings, WindowSettings, get_model_entry, model_options
 from utils.distributed import LaunchSettings
 from utils.errors import EXIT_USER_ERROR, UserError
 from utils.io import to_jsonable
@@ -42,7 +42,7 @@ and one random draw, so it changes the adversarial volumes.)"""
 VOLUME_FLAGS = ("dataset", "a_min", "a_max", "b_min", "b_max", "space_x", "space_y", "space_z")
 """Flags that decide how a case is loaded: inference must use the generation run's values."""
 
-PATH_FLAGS = frozenset({"data_dir", "json_list", "pretrained_path", "adv_images_dir"})
+PATH_FLAGS = frozenset({"data_dir", "json_list", "pretrained_path", "adv_images_dir", "nnunet_model_dir"})
 """Flags holding paths: a resume compares them as canonical paths."""
 
 LR_SCHEDULES = ("warmup_cosine", "cosine_anneal")
@@ -66,16 +66,19 @@ def make_parser(description: str) -> ArgumentParser:
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model_name", default="unet-r", choices=tuple(MODELS), help="network architecture")
-    g.add_argument("--in_channels", default=1, type=int, help="input channels")
+    g.add_argument("--in_channels", default=None, type=int, help="input channels (default: 1, or the model folder's)")
     g.add_argument("--out_channels", default=None, type=int,
                    help="output classes, background included (default: the dataset's class count, btcv 14)")
     add_options(g, model_options())
     g.add_argument("--res_block", action="store_true", help="accepted for compatibility; UNETR always uses residual blocks")
     g.add_argument("--conv_block", action="store_true", help="accepted for compatibility; UNETR always uses conv blocks")
-    g.add_argument("--roi_x", default=96, type=int, help="ROI size along x (H)")
-    g.add_argument("--roi_y", default=96, type=int, help="ROI size along y (W)")
-    g.add_argument("--roi_z", default=96, type=int, help="ROI size along z (D)")
-    g.add_argument("--infer_overlap", default=0.5, type=float, help="sliding-window inference overlap")
+    g.add_argument("--roi_x", default=None, type=int, help="ROI size along x (H) (default: 96, or the model folder's patch)")
+    g.add_argument("--roi_y", default=None, type=int, help="ROI size along y (W) (default: 96, or the model folder's patch)")
+    g.add_argument("--roi_z", default=None, type=int, help="ROI size along z (D) (default: 96, or the model folder's patch)")
+    g.add_argument("--infer_overlap", default=None, type=float, help="sliding-window inference overlap (default: 0.5)")
+    g.add_argument("--sw_blend", default=None, choices=tuple(BLENDS),
+                   help="sliding-window blending: constant (MONAI, the release) or nnunet (nnU-Net's Gaussian "
+                        "weights and window placement); default: constant, or the model's (nnunet: nnunet)")
     g.add_argument("--sw_batch_size", default=1, type=int, help="windows per batch in sliding-window inference")
 
 
@@ -90,9 +93,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--a_max", default=None, type=float, help="intensity window upper bound (default: the dataset's, btcv 250 HU)")
     g.add_argument("--b_min", default=0.0, type=float, help="scaled lower bound")
     g.add_argument("--b_max", default=1.0, type=float, help="scaled upper bound")
-    g.add_argument("--space_x", default=1.5, type=float, help="resampled spacing along x (mm)")
-    g.add_argument("--space_y", default=1.5, type=float, help="resampled spacing along y (mm)")
-    g.add_argument("--space_z", default=2.0, type=float, help="resampled spacing along z (mm)")
+    g.add_argument("--space_x", default=None, type=float, help="resampled spacing along x (mm) (default: 1.5, or the model folder's)")
+    g.add_argument("--space_y", default=None, type=float, help="resampled spacing along y (mm) (default: 1.5, or the model folder's)")
+    g.add_argument("--space_z", default=None, type=float, help="resampled spacing along z (mm) (default: 2.0, or the model folder's)")
     g.add_argument("--workers", default=8, type=int, help="data-loading worker processes")
     g.add_argument("--RandFlipd_prob", default=0.2, type=float, help="random flip probability")
     g.add_argument("--RandRotate90d_prob", default=0.2, type=float, help="random 90-degree rotation probability")
@@ -210,8 +213,29 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- checks
 
 
+MODEL_FLAG_FALLBACKS = dict(in_channels=1, roi_x=96, roi_y=96, roi_z=96, space_x=1.5, space_y=1.5, space_z=2.0,
+                           infer_overlap=0.5, sw_blend="constant")
+"""Values of the model-dependent flags left unset, when the model supplies none (the release's defaults)."""
+
+
+def fill_model_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Flags the user left unset take the model's values (a trained-model folder's patch, spacing ...),
+    else :data:`MODEL_FLAG_FALLBACKS`."""
+    entry = get_model_entry(args.model_name)
+    supplied: dict = {}
+    if entry.defaults is not None:
+        try:
+            supplied = entry.defaults(option_values(entry.options, args))
+        except ValueError as err:  # UserError included
+            parser.error(str(err))
+    for name, value in {**MODEL_FLAG_FALLBACKS, **supplied}.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
 def check_model_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Model and data flags: required folder, ranges, the dataset's defaults filled in."""
+    """Model and data flags: required folder, ranges, the model's and the dataset's defaults filled in."""
+    fill_model_defaults(args, parser)
     if not args.data_dir:
         parser.error("--data_dir is required: the dataset folder holding imagesTr/, labelsTr/ and the JSON list")
     if not 0 <= args.infer_overlap < 1:
@@ -284,6 +308,8 @@ def check_attack_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
 def check_pretrained_args(args: argparse.Namespace, parser: argparse.ArgumentParser, required: bool) -> None:
     if args.pretrained_path:
         args.use_pretrained = True
+    elif get_model_entry(args.model_name).loads_weights:
+        return  # the model's own folder holds its weights
     elif args.use_pretrained or required:
         parser.error("--pretrained_path is required: the full path of the model checkpoint (.pt)")
 
@@ -394,7 +420,7 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
 
 def window_settings(args: argparse.Namespace) -> WindowSettings:
     return WindowSettings(roi=(args.roi_x, args.roi_y, args.roi_z), sw_batch_size=args.sw_batch_size,
-                          overlap=args.infer_overlap)
+                          overlap=args.infer_overlap, blend=args.sw_blend)
 
 
 def launch_settings(args: argparse.Namespace) -> LaunchSettings:
@@ -439,7 +465,7 @@ def inference_job(args: argparse.Namespace):
                                                      "--no_sub_dir_adv_images to use the folder itself)")
         raise UserError(f"adversarial images folder not found: {folder}{hint}")
     _check_same_volumes(args, folder)
-    stem = os.path.splitext(os.path.basename(args.pretrained_path))[0]
+    stem = os.path.splitext(os.path.basename(args.pretrained_path))[0] or args.model_name  # a model with its own weights
     run_dir = None if args.debugging else os.path.normpath(args.results_dir or os.path.join(folder, "inference", stem))
     return _eval_job(args, run_dir, f"saved {attack.summary()}", adv_folder=folder)
 

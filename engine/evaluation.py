@@ -337,10 +337,16 @@ def finish_run(job: EvalJob, results: dict[str, dict], evaluator: CaseEvaluator,
 
 
 def load_trained_model(settings: ModelSettings, checkpoint: str, device: torch.device) -> nn.Module:
-    """The network of ``settings`` with the weights of ``checkpoint``, in eval mode."""
+    """The network of ``settings`` with the weights of ``checkpoint`` (or its own, for a model that
+    loads them itself, e.g. an nnU-Net folder), in eval mode."""
+    from networks import get_model_entry
+
     model = settings.build()
-    load_model_weights(model, checkpoint)
-    logger.info("model %s loaded from %s", settings.name, checkpoint)
+    if get_model_entry(settings.name).loads_weights and not checkpoint:
+        logger.info("model %s built with its own weights", settings.name)
+    else:
+        load_model_weights(model, checkpoint)
+        logger.info("model %s loaded from %s", settings.name, checkpoint)
     return model.to(device).eval()
 
 
