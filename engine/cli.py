@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 RUNTIME_FLAGS = frozenset({
     "device", "workers", "overwrite", "debugging", "verbose", "sw_batch_size",
     "save_figures", "max_cases", "distributed", "world_size", "rank", "dist_url", "dist_backend",
-    "results_dir", "exp_name", "use_normal_dataset", "save_adv_images_dir", "finish_cases",
+    "results_dir", "exp_name", "use_normal_dataset", "save_adv_images_dir", "finish_cases", "save_predictions",
 })
 """Flags that do not change a run's numbers: a run folder may be resumed with other values.
 (``--attack_batch_size`` is not among them: the tiles batched together share one early stop
@@ -157,6 +157,9 @@ def add_eval_output_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--save_dtype", default="uint8", choices=("uint8", "float32"), help="saved volumes: uint8 x255 (release) or float32 in [0,1]")
     g.add_argument("--overwrite", action="store_true", help="start the run folder afresh instead of skipping finished cases")
     g.add_argument("--save_figures", action="store_true", help="one PNG per case: slices, perturbation, predictions")
+    g.add_argument("--save_predictions", action="store_true",
+                   help="write each case's clean and adversarial label maps on the grid of its file (overlaying "
+                        "the original image) into pred{Ts,Tr}Clean/ and pred{Ts,Tr}Adv/ of the run folder")
     g.add_argument("--max_cases", default=None, type=int, help="evaluate only the first N cases")
     g.add_argument("--finish_cases", default="auto", choices=("auto", "background", "inline"),
                    help="finish each case (metrics, saved files) in a background thread while the next case is "
@@ -441,7 +444,7 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         + (" [fused Dice-CE]" if args.fused_dice_ce and adv_folder is None else ""),
         launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
         path_keys=PATH_FLAGS, defaults=dict(_DEFAULTS), precision=args.precision or "fp32", compile=args.compile,
-        finish_cases=args.finish_cases, fused_loss=args.fused_dice_ce,
+        finish_cases=args.finish_cases, fused_loss=args.fused_dice_ce, save_predictions=args.save_predictions,
     )
 
 
