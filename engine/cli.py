@@ -418,6 +418,7 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
         workers=args.workers, flip_prob=args.RandFlipd_prob, rotate90_prob=args.RandRotate90d_prob,
         scale_intensity_prob=args.RandScaleIntensityd_prob, shift_intensity_prob=args.RandShiftIntensityd_prob,
         use_normal_dataset=args.use_normal_dataset, crop_sampling=args.crop_sampling,
+        nnunet_model_dir=args.nnunet_model_dir, nnunet_fold=str(args.nnunet_fold[0]),
     )
 
 

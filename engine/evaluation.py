@@ -135,6 +135,8 @@ class CaseEvaluator:
         self.class_names = class_names(job.data, self.num_classes)
         self.lpips = LPIPSSimilarity()
         self.transform = None  # the loading transforms of this run's cases (inverted for --save_predictions)
+        self.own_writer = None  # a dataset layout's writer of predictions on the file's grid (from logits)
+        self.logits: list = []  # the current case's clean and adversarial logits, for that writer
 
     def case_file(self, name: str) -> str | None:
         return None if self.run_dir is None else os.path.join(self.run_dir, "cases", f"{name}.json")
@@ -155,7 +157,7 @@ class CaseEvaluator:
         if self.save_volumes:
             wanted.append(os.path.join(self.run_dir, f"images{self.job.tag}Adv", f"adv_{name}"))
         if self.job.save_predictions:
-            wanted += list(self.prediction_files(name))
+            wanted += list(self.prediction_files(label_name(item)))
         for path in wanted:
             if not os.path.exists(path):
                 logger.warning("%s: marked finished but %s is gone; the case is done again", name, path)
@@ -163,7 +165,8 @@ class CaseEvaluator:
         return case
 
     def prediction_files(self, name: str) -> tuple[str, str]:
-        """Where ``--save_predictions`` writes a case's clean and adversarial label maps."""
+        """Where ``--save_predictions`` writes a case's clean and adversarial label maps (named as its
+        label file, as nnU-Net names predictions)."""
         tag = self.job.tag
         return (os.path.join(self.run_dir, f"pred{tag}Clean", name), os.path.join(self.run_dir, f"pred{tag}Adv", name))
 
@@ -187,6 +190,8 @@ class CaseEvaluator:
             return results
         dataset = build_dataset(self.job.data, self.job.split, "eval", items=[item for _, item in todo])
         self.transform = dataset.transform
+        steps = getattr(self.transform, "transforms", (self.transform,))  # MONAI's Dataset wraps it in a Compose
+        self.own_writer = getattr(steps[0], "save_prediction", None) if len(steps) == 1 else None
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=1, shuffle=False, num_workers=min(self.job.data.workers, len(todo)),
             collate_fn=lambda batch: batch[0], worker_init_fn=dist_utils.ignore_stop_signals,
@@ -211,7 +216,12 @@ class CaseEvaluator:
         return results
 
     def predict(self, image: torch.Tensor, adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sliding-window class predictions ``[1, 1, H, W, D]`` of the clean and the adversarial volume."""
+        """Sliding-window class predictions ``[1, 1, H, W, D]`` of the clean and the adversarial volume
+        (their logits kept on the CPU when the dataset's writer of predictions needs them)."""
+        if self.job.save_predictions and self.own_writer is not None:
+            pairs = [predict_volume(self.model, volume, self.job.window, with_logits=True) for volume in (image, adv)]
+            self.logits = [logits.cpu() for _, logits in pairs]
+            return pairs[0][0], pairs[1][0]
         return predict_volume(self.model, image, self.job.window), predict_volume(self.model, adv, self.job.window)
 
     def finish(self, results: dict, started: float, name: str, lbl_name: str, image: torch.Tensor,
@@ -234,7 +244,7 @@ class CaseEvaluator:
             if self.save_volumes:
                 self.save(name, lbl_name, image, adv, label, affine)
             if self.job.save_predictions:
-                self.save_predictions(name, predictions, loaded)
+                self.save_predictions(lbl_name, predictions, loaded)
             if self.job.save_figures:
                 from utils.figures import save_case_figure
 
@@ -258,6 +268,9 @@ class CaseEvaluator:
         from data.loading import to_original_grid
 
         for path, prediction in zip(self.prediction_files(name), predictions):
+            if self.own_writer is not None:  # a dataset layout's own geometry, from the logits
+                self.own_writer(path, self.logits.pop(0)[0], loaded)
+                continue
             labels, affine = to_original_grid(prediction[0], loaded, self.transform)
             save_nifti(path, labels.astype(np.uint8 if labels.max() < 256 else np.int16), affine)
 

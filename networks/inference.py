@@ -114,7 +114,7 @@ def predict_logits(model: nn.Module, image: torch.Tensor, window: WindowSettings
 
 
 @torch.no_grad()
-def predict_volume(model: nn.Module, image: torch.Tensor, window: WindowSettings) -> torch.Tensor:
+def predict_volume(model: nn.Module, image: torch.Tensor, window: WindowSettings, with_logits: bool = False):
     """Class per voxel of a whole volume by sliding-window inference, in the model's precision.
 
     The model is switched to eval mode (and left there). Training validation and the
@@ -126,8 +126,12 @@ def predict_volume(model: nn.Module, image: torch.Tensor, window: WindowSettings
         image: ``[1, C, H, W, D]``.
         window: ROI, windows per batch, overlap, blending.
 
+        with_logits: also return the stitched logits.
+
     Returns:
-        ``[1, 1, H, W, D]`` argmax of the stitched logits.
+        ``[1, 1, H, W, D]`` argmax of the stitched logits (and, ``with_logits``, the ``[1, K, H, W, D]`` logits).
     """
     model.eval()
-    return predict_logits(model, image, window).argmax(dim=1, keepdim=True)
+    logits = predict_logits(model, image, window)
+    classes = logits.argmax(dim=1, keepdim=True)
+    return (classes, logits) if with_logits else classes
