@@ -42,7 +42,7 @@ and one random draw, so it changes the adversarial volumes.)"""
 VOLUME_FLAGS = ("dataset", "a_min", "a_max", "b_min", "b_max", "space_x", "space_y", "space_z")
 """Flags that decide how a case is loaded: inference must use the generation run's values."""
 
-PATH_FLAGS = frozenset({"data_dir", "json_list", "pretrained_path", "adv_images_dir", "nnunet_model_dir"})
+PATH_FLAGS = frozenset({"data_dir", "json_list", "pretrained_path", "adv_images_dir", "nnunet_model_dir", "bundle_dir"})
 """Flags holding paths: a resume compares them as canonical paths."""
 
 LR_SCHEDULES = ("warmup_cosine", "cosine_anneal")

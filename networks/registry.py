@@ -16,7 +16,7 @@ import torch.nn as nn
 from utils.errors import UserError
 from utils.options import Option, constructor_kwargs, lookup
 
-from . import monai_zoo, nnunet, unetr, unetrpp
+from . import bundle, monai_zoo, nnunet, unetr, unetrpp
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ MODELS: dict[str, ModelEntry] = {
     "unet": ModelEntry(monai_zoo.build_unet, monai_zoo.UNET_OPTIONS, "MONAI UNet (residual units)"),
     "nnunet": ModelEntry(nnunet.build_nnunet, nnunet.OPTIONS, "an nnU-Net v2 trained-model folder (--nnunet_model_dir)",
                          defaults=nnunet.folder_defaults, loads_weights=True),
+    "bundle": ModelEntry(bundle.build_bundle, bundle.OPTIONS, "a MONAI bundle's network_def and weights (--bundle_dir)",
+                         defaults=bundle.bundle_defaults, loads_weights=True),
 }
 
 
