@@ -38,8 +38,9 @@ import sys, torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 pre, fold, iterations = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-trainer = nnUNetTrainer(load_json(pre + '/nnUNetPlans.json'), '3d_fullres', fold, load_json(pre + '/dataset.json'),
-                        device=torch.device('cpu'))
+plans = load_json(pre + '/nnUNetPlans.json')
+plans['continue_training'] = False  # what nnunetv2.run.run_training sets before building the trainer
+trainer = nnUNetTrainer(plans, '3d_fullres', fold, load_json(pre + '/dataset.json'), device=torch.device('cpu'))
 trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch, trainer.num_epochs = iterations, 2, 1
 trainer.run_training()
 trainer.perform_actual_validation(False)
