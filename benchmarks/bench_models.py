@@ -47,7 +47,9 @@ REFERENCE_ROI = {
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name", nargs="+", default=list(MODELS), choices=list(MODELS), help="models to time")
+    built_here = [name for name, entry in MODELS.items() if entry.defaults is None]  # not a user's model folder
+    parser.add_argument("--model_name", nargs="+", default=built_here, choices=built_here, help="models to time "
+                        "(nnU-Net: benchmarks/bench_nnunet.py)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--roi", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),

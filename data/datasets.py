@@ -9,7 +9,7 @@ pads or crops to the ROI). Adding a dataset is one :class:`DatasetSpec` and one 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from utils.errors import UserError
 from utils.options import lookup
@@ -29,6 +29,9 @@ class DatasetSpec:
             and 99.5th intensity percentiles (MRI, whose intensities have no fixed unit).
         pad_to_roi: pad or crop every volume to the ROI (``ResizeWithPadOrCropd``), as the
             paper's release does for ACDC.
+        layout: a dataset with its own file layout and geometry: an object with
+            ``items(settings, split)``, ``transforms(settings, mode)`` and ``class_names(settings)``
+            (:mod:`data.nnunet_raw`); ``None``: the Decathlon JSON list and MONAI's transforms.
     """
 
     name: str
@@ -36,6 +39,7 @@ class DatasetSpec:
     class_names: tuple
     window: Optional[tuple] = None
     pad_to_roi: bool = False
+    layout: Any = None
 
     @property
     def num_classes(self) -> int:
@@ -59,7 +63,37 @@ ACDC = DatasetSpec(
     pad_to_roi=True,
 )
 
-DATASETS: dict[str, DatasetSpec] = {"btcv": SYNAPSE, "acdc": ACDC}
+class _NnUNetLayout:
+    """nnU-Net's raw layout (imported when used: it needs ``nnunetv2``)."""
+
+    @staticmethod
+    def items(settings, split):
+        from data.nnunet_raw import nnunet_items
+
+        return nnunet_items(settings, split)
+
+    @staticmethod
+    def transforms(settings, mode):
+        from data.nnunet_raw import nnunet_transforms
+
+        return nnunet_transforms(settings, mode)
+
+    @staticmethod
+    def class_names(settings):
+        from data.nnunet_raw import nnunet_class_names
+
+        return nnunet_class_names(settings)
+
+
+NNUNET = DatasetSpec(
+    name="nnunet",
+    description="an nnU-Net v2 raw dataset (--data_dir nnUNet_raw/DatasetXXX_Name) in nnU-Net's geometry, the "
+                "--nnunet_fold's validation cases of splits_final.json, with --nnunet_model_dir's plans",
+    class_names=(),
+    layout=_NnUNetLayout(),
+)
+
+DATASETS: dict[str, DatasetSpec] = {"btcv": SYNAPSE, "acdc": ACDC, "nnunet": NNUNET}
 
 
 def get_dataset(name: str) -> DatasetSpec:

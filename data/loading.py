@@ -98,13 +98,17 @@ class DataSettings:
     shift_intensity_prob: float = 0.1
     use_normal_dataset: bool = False
     crop_sampling: str = "posneg"
+    nnunet_model_dir: Optional[str] = None
+    nnunet_fold: str = "0"
 
     @property
     def spec(self) -> DatasetSpec:
         return get_dataset(self.dataset)
 
     def items(self, split: str) -> list[dict]:
-        """:func:`load_datalist` of one split."""
+        """:func:`load_datalist` of one split (or the dataset layout's own cases)."""
+        if self.spec.layout is not None:
+            return self.spec.layout.items(self, split)
         return load_datalist(self.data_dir, self.json_list, split)
 
 
@@ -328,7 +332,9 @@ def get_transforms(
 
 
 def build_transforms(settings: DataSettings, mode: str) -> "Compose":
-    """:func:`get_transforms` of the data settings."""
+    """:func:`get_transforms` of the data settings (or the dataset layout's own loader)."""
+    if settings.spec.layout is not None:
+        return settings.spec.layout.transforms(settings, mode)
     return get_transforms(
         settings.dataset,
         mode,
@@ -352,6 +358,9 @@ def class_names(settings: DataSettings, num_classes: int) -> list[str]:
     The Decathlon JSON's ``labels`` field when it names ``num_classes`` classes, else the
     registered dataset's names when their count fits, else ``class_0, class_1, ...``.
     """
+    if settings.spec.layout is not None:
+        names = settings.spec.layout.class_names(settings)
+        return names if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]
     json_path = _json_path(settings.data_dir, settings.json_list)
     try:
         with open(json_path) as f:

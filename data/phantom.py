@@ -355,7 +355,7 @@ def make_phantom_case(
         UserError: a side shorter than 8 voxels or a non-positive spacing.
     """
     shape = _check_shape(shape)
-    spacing = _check_spacing(spacing)
+    spacing = check_spacing(spacing)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
     cv = _Canvas(shape, rng)
@@ -408,7 +408,7 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     return shape
 
 
-def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+def check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or min(spacing) <= 0:
         raise UserError(f"phantom spacing must be 3 positive sizes in mm, got {spacing}")
@@ -460,7 +460,7 @@ def write_phantom_dataset(
             phantom dataset; bad counts, shape, spacing or orientation.
     """
     shape = _check_shape(shape)
-    spacing = _check_spacing(spacing)
+    spacing = check_spacing(spacing)
     if n_train < 0 or n_val < 0 or n_train + n_val < 1:
         raise UserError(f"phantom needs at least one case, got n_train={n_train}, n_val={n_val}")
     phantom_affine(shape, spacing, orientation)  # validates the orientation

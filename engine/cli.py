@@ -70,8 +70,29 @@ def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
 # --------------------------------------------------------------------------- checks
 
 
+MODEL_FLAG_FALLBACKS = dict(in_channels=1, roi_x=96, roi_y=96, roi_z=96, space_x=1.5, space_y=1.5, space_z=2.0,
+                           infer_overlap=0.5, sw_blend="constant")
+"""Values of the model-dependent flags left unset, when the model supplies none (the release's defaults)."""
+
+
+def fill_model_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Flags the user left unset take the model's values (a trained-model folder's patch, spacing ...),
+    else :data:`MODEL_FLAG_FALLBACKS`."""
+    entry = get_model_entry(args.model_name)
+    supplied: dict = {}
+    if entry.defaults is not None:
+        try:
+            supplied = entry.defaults(option_values(entry.options, args))
+        except ValueError as err:  # UserError included
+            parser.error(str(err))
+    for name, value in {**MODEL_FLAG_FALLBACKS, **supplied}.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
 def check_model_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Model and data flags: required folder, ranges, the dataset's defaults filled in."""
+    """Model and data flags: required folder, ranges, the model's and the dataset's defaults filled in."""
+    fill_model_defaults(args, parser)
     if not args.data_dir:
         parser.error("--data_dir is required: the dataset folder holding imagesTr/, labelsTr/ and the JSON list")
     if not 0 <= args.infer_overlap < 1:
@@ -144,6 +165,8 @@ def check_attack_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
 def check_pretrained_args(args: argparse.Namespace, parser: argparse.ArgumentParser, required: bool) -> None:
     if args.pretrained_path:
         args.use_pretrained = True
+    elif get_model_entry(args.model_name).loads_weights:
+        return  # the model's own folder holds its weights
     elif args.use_pretrained or required:
         parser.error("--pretrained_path is required: the full path of the model checkpoint (.pt)")
 
@@ -364,12 +387,13 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
         workers=args.workers, flip_prob=args.RandFlipd_prob, rotate90_prob=args.RandRotate90d_prob,
         scale_intensity_prob=args.RandScaleIntensityd_prob, shift_intensity_prob=args.RandShiftIntensityd_prob,
         use_normal_dataset=args.use_normal_dataset, crop_sampling=args.crop_sampling,
+        nnunet_model_dir=args.nnunet_model_dir, nnunet_fold=str(args.nnunet_fold[0]),
     )
 
 
 def window_settings(args: argparse.Namespace) -> WindowSettings:
     return WindowSettings(roi=(args.roi_x, args.roi_y, args.roi_z), sw_batch_size=args.sw_batch_size,
-                          overlap=args.infer_overlap)
+                          overlap=args.infer_overlap, blend=args.sw_blend)
 
 
 def launch_settings(args: argparse.Namespace) -> LaunchSettings:

@@ -68,6 +68,8 @@ class EvalJob:
             (the CPU is free meanwhile) and inline on a CPU (where a second thread slows the
             attack down more than it saves). The numbers are the same either way.
         fused_loss: the attack's Dice-CE is :class:`training.losses.FusedDiceCE` (``--fused_dice_ce``).
+        save_predictions: write each case's clean and adversarial label maps on the grid of its file
+            (``pred{Tr,Ts}Clean/``, ``pred{Tr,Ts}Adv/``).
     """
 
     model: ModelSettings
@@ -94,6 +96,7 @@ class EvalJob:
     compile: bool = False
     finish_cases: str = "auto"
     fused_loss: bool = False
+    save_predictions: bool = False
 
     @property
     def inputs(self) -> dict:
@@ -136,6 +139,9 @@ class CaseEvaluator:
         self.num_classes = job.model.out_channels
         self.class_names = class_names(job.data, self.num_classes)
         self.lpips = LPIPSSimilarity()
+        self.transform = None  # the loading transforms of this run's cases (inverted for --save_predictions)
+        self.own_writer = None  # a dataset layout's writer of predictions on the file's grid (from logits)
+        self.logits: list = []  # the current case's clean and adversarial logits, for that writer
 
     def case_file(self, name: str) -> str | None:
         return None if self.run_dir is None else os.path.join(self.run_dir, "cases", f"{name}.json")
@@ -152,12 +158,22 @@ class CaseEvaluator:
         except (OSError, ValueError) as err:
             logger.warning("%s: finished-case record %s is unreadable (%s); the case is done again", name, path, err)
             return None
+        wanted = []
         if self.save_volumes:
-            adv = os.path.join(self.run_dir, f"images{self.job.tag}Adv", f"adv_{name}")
-            if not os.path.exists(adv):
-                logger.warning("%s: marked finished but %s is gone; the case is done again", name, adv)
+            wanted.append(os.path.join(self.run_dir, f"images{self.job.tag}Adv", f"adv_{name}"))
+        if self.job.save_predictions:
+            wanted += list(self.prediction_files(label_name(item)))
+        for path in wanted:
+            if not os.path.exists(path):
+                logger.warning("%s: marked finished but %s is gone; the case is done again", name, path)
                 return None
         return case
+
+    def prediction_files(self, name: str) -> tuple[str, str]:
+        """Where ``--save_predictions`` writes a case's clean and adversarial label maps (named as its
+        label file, as nnU-Net names predictions)."""
+        tag = self.job.tag
+        return (os.path.join(self.run_dir, f"pred{tag}Clean", name), os.path.join(self.run_dir, f"pred{tag}Adv", name))
 
     def run(self, items: list[dict], make_adv: MakeAdv) -> dict[str, dict]:
         """Evaluate ``items`` (datalist entries); returns ``{case name: metrics}`` for this process."""
@@ -178,6 +194,9 @@ class CaseEvaluator:
         if not todo:
             return results
         dataset = build_dataset(self.job.data, self.job.split, "eval", items=[item for _, item in todo])
+        self.transform = dataset.transform
+        steps = getattr(self.transform, "transforms", (self.transform,))  # MONAI's Dataset wraps it in a Compose
+        self.own_writer = getattr(steps[0], "save_prediction", None) if len(steps) == 1 else None
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=1, shuffle=False, num_workers=min(self.job.data.workers, len(todo)),
             collate_fn=lambda batch: batch[0], worker_init_fn=dist_utils.ignore_stop_signals,
@@ -198,18 +217,24 @@ class CaseEvaluator:
                 adv, extra = make_adv(item, image, label, index)
                 predictions = self.predict(image, adv)
                 finisher.submit(self.finish, results, started, name, label_name(item), image, adv, label,
-                                predictions, affine, extra)
+                                predictions, affine, extra, data["image"])
         return results
 
     def predict(self, image: torch.Tensor, adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sliding-window class predictions ``[1, 1, H, W, D]`` of the clean and the adversarial volume."""
+        """Sliding-window class predictions ``[1, 1, H, W, D]`` of the clean and the adversarial volume
+        (their logits kept on the CPU when the dataset's writer of predictions needs them)."""
+        if self.job.save_predictions and self.own_writer is not None:
+            pairs = [predict_volume(self.model, volume, self.job.window, with_logits=True) for volume in (image, adv)]
+            self.logits = [logits.cpu() for _, logits in pairs]
+            return pairs[0][0], pairs[1][0]
         return predict_volume(self.model, image, self.job.window), predict_volume(self.model, adv, self.job.window)
 
     def finish(self, results: dict, started: float, name: str, lbl_name: str, image: torch.Tensor,
                adv: torch.Tensor, label: torch.Tensor, predictions: tuple[torch.Tensor, torch.Tensor],
-               affine: np.ndarray, extra: Optional[Mapping]) -> None:
+               affine: np.ndarray, extra: Optional[Mapping], loaded=None) -> None:
         """One case's metrics from its two predictions into ``results[name]``, its saved files,
-        its finished-case record (written last) and its log line."""
+        its finished-case record (written last) and its log line (``loaded``: the loaded image,
+        whose transforms ``--save_predictions`` inverts)."""
         from utils.metrics import compute_case_metrics
 
         pred_clean, pred_adv = predictions
@@ -223,6 +248,8 @@ class CaseEvaluator:
         if self.run_dir is not None:
             if self.save_volumes:
                 self.save(name, lbl_name, image, adv, label, affine)
+            if self.job.save_predictions:
+                self.save_predictions(lbl_name, predictions, loaded)
             if self.job.save_figures:
                 from utils.figures import save_case_figure
 
@@ -240,6 +267,17 @@ class CaseEvaluator:
             name, case["dice_clean"], case["dice_adv"], _nan(case["hd95_clean"]), _nan(case["hd95_adv"]),
             case["success_rate"], time.perf_counter() - started,
         )
+
+    def save_predictions(self, name: str, predictions: tuple[torch.Tensor, torch.Tensor], loaded) -> None:
+        """The clean and adversarial label maps on the grid of the case's file."""
+        from data.original_grid import to_original_grid
+
+        for path, prediction in zip(self.prediction_files(name), predictions):
+            if self.own_writer is not None:  # a dataset layout's own geometry, from the logits
+                self.own_writer(path, self.logits.pop(0)[0], loaded)
+                continue
+            labels, affine = to_original_grid(prediction[0], loaded, self.transform)
+            save_nifti(path, labels.astype(np.uint8 if labels.max() < 256 else np.int16), affine)
 
     def save(self, name: str, lbl_name: str, image, adv, label, affine) -> None:
         root, tag, dtype = self.run_dir, self.job.tag, self.job.save_dtype
@@ -342,10 +380,16 @@ def finish_run(job: EvalJob, results: dict[str, dict], evaluator: CaseEvaluator,
 
 
 def load_trained_model(settings: ModelSettings, checkpoint: str, device: torch.device) -> nn.Module:
-    """The network of ``settings`` with the weights of ``checkpoint``, in eval mode."""
+    """The network of ``settings`` with the weights of ``checkpoint`` (or its own, for a model that
+    loads them itself, e.g. an nnU-Net folder), in eval mode."""
+    from networks import get_model_entry
+
     model = settings.build()
-    load_model_weights(model, checkpoint, given=settings.flags())
-    logger.info("model %s loaded from %s", settings.name, checkpoint)
+    if get_model_entry(settings.name).loads_weights and not checkpoint:
+        logger.info("model %s built with its own weights", settings.name)
+    else:
+        load_model_weights(model, checkpoint, given=settings.flags())
+        logger.info("model %s loaded from %s", settings.name, checkpoint)
     return model.to(device).eval()
 
 

@@ -15,13 +15,13 @@ import os
 from attacks import ATTACKS, all_attack_options
 from data.datasets import DATASETS
 from data.loading import CROP_SAMPLINGS
-from networks import MODELS, PRECISIONS, model_options
+from networks import BLENDS, MODELS, PRECISIONS, model_options
 from utils.options import add_options
 
 RUNTIME_FLAGS = frozenset({
     "device", "workers", "overwrite", "debugging", "verbose", "sw_batch_size",
     "save_figures", "max_cases", "distributed", "world_size", "rank", "dist_url", "dist_backend",
-    "results_dir", "exp_name", "use_normal_dataset", "save_adv_images_dir", "finish_cases",
+    "results_dir", "exp_name", "use_normal_dataset", "save_adv_images_dir", "finish_cases", "save_predictions",
 })
 """Flags that do not change a run's numbers: a run folder may be resumed with other values.
 (``--attack_batch_size`` is not among them: the tiles batched together share one early stop
@@ -30,7 +30,7 @@ and one random draw, so it changes the adversarial volumes.)"""
 VOLUME_FLAGS = ("dataset", "a_min", "a_max", "b_min", "b_max", "space_x", "space_y", "space_z")
 """Flags that decide how a case is loaded: inference must use the generation run's values."""
 
-PATH_FLAGS = frozenset({"data_dir", "json_list", "pretrained_path", "adv_images_dir"})
+PATH_FLAGS = frozenset({"data_dir", "json_list", "pretrained_path", "adv_images_dir", "nnunet_model_dir", "bundle_dir"})
 """Flags holding paths: a resume compares them as canonical paths."""
 
 DEFAULT_MODEL = "unet-r"
@@ -57,16 +57,19 @@ def default_workers() -> int:
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model_name", default=DEFAULT_MODEL, choices=tuple(MODELS), help="network architecture")
-    g.add_argument("--in_channels", default=1, type=int, help="input channels")
+    g.add_argument("--in_channels", default=None, type=int, help="input channels (default: 1, or the model folder's)")
     g.add_argument("--out_channels", default=None, type=int,
                    help="output classes, background included (default: the dataset's class count, btcv 14)")
     add_options(g, model_options())
     g.add_argument("--res_block", action="store_true", help="accepted for compatibility; UNETR always uses residual blocks")
     g.add_argument("--conv_block", action="store_true", help="accepted for compatibility; UNETR always uses conv blocks")
-    g.add_argument("--roi_x", default=96, type=int, help="ROI size along x (H)")
-    g.add_argument("--roi_y", default=96, type=int, help="ROI size along y (W)")
-    g.add_argument("--roi_z", default=96, type=int, help="ROI size along z (D)")
-    g.add_argument("--infer_overlap", default=0.5, type=float, help="sliding-window inference overlap")
+    g.add_argument("--roi_x", default=None, type=int, help="ROI size along x (H) (default: 96, or the model folder's patch)")
+    g.add_argument("--roi_y", default=None, type=int, help="ROI size along y (W) (default: 96, or the model folder's patch)")
+    g.add_argument("--roi_z", default=None, type=int, help="ROI size along z (D) (default: 96, or the model folder's patch)")
+    g.add_argument("--infer_overlap", default=None, type=float, help="sliding-window inference overlap (default: 0.5)")
+    g.add_argument("--sw_blend", default=None, choices=tuple(BLENDS),
+                   help="sliding-window blending: constant (MONAI, the release) or nnunet (nnU-Net's Gaussian "
+                        "weights and window placement); default: constant, or the model's (nnunet: nnunet)")
     g.add_argument("--sw_batch_size", default=1, type=int, help="windows per batch in sliding-window inference")
 
 
@@ -81,9 +84,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--a_max", default=None, type=float, help="intensity window upper bound (default: the dataset's, btcv 250 HU)")
     g.add_argument("--b_min", default=0.0, type=float, help="scaled lower bound")
     g.add_argument("--b_max", default=1.0, type=float, help="scaled upper bound")
-    g.add_argument("--space_x", default=1.5, type=float, help="resampled spacing along x (mm)")
-    g.add_argument("--space_y", default=1.5, type=float, help="resampled spacing along y (mm)")
-    g.add_argument("--space_z", default=2.0, type=float, help="resampled spacing along z (mm)")
+    g.add_argument("--space_x", default=None, type=float, help="resampled spacing along x (mm) (default: 1.5, or the model folder's)")
+    g.add_argument("--space_y", default=None, type=float, help="resampled spacing along y (mm) (default: 1.5, or the model folder's)")
+    g.add_argument("--space_z", default=None, type=float, help="resampled spacing along z (mm) (default: 2.0, or the model folder's)")
     g.add_argument("--workers", default=default_workers(), type=int,
                    help="data-loading worker processes (default: CPUs available - 1, at most 4; the release: 8)")
     g.add_argument("--RandFlipd_prob", default=0.2, type=float, help="random flip probability")
@@ -160,6 +163,9 @@ def add_eval_output_args(parser: argparse.ArgumentParser, inference: bool = Fals
         g.add_argument("--save_dtype", default="uint8", choices=("uint8", "float32"), help="saved volumes: uint8 x255 (release) or float32 in [0,1]")
     g.add_argument("--overwrite", action="store_true", help="start the run folder afresh instead of skipping finished cases")
     g.add_argument("--save_figures", action="store_true", help="one PNG per case: slices, perturbation, predictions")
+    g.add_argument("--save_predictions", action="store_true",
+                   help="write each case's clean and adversarial label maps on the grid of its file (overlaying "
+                        "the original image) into pred{Ts,Tr}Clean/ and pred{Ts,Tr}Adv/ of the run folder")
     g.add_argument("--max_cases", default=None, type=int, help="evaluate only the first N cases")
     g.add_argument("--finish_cases", default="auto", choices=("auto", "background", "inline"),
                    help="finish each case (metrics, saved files) in a background thread while the next case is "

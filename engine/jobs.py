@@ -60,6 +60,7 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         path_keys=PATH_FLAGS, defaults={**flag_defaults(EVAL_GROUPS), **flag_defaults(INFERENCE_GROUPS)},
         precision=args.precision or "fp32", compile=args.compile,
         finish_cases=args.finish_cases, fused_loss=getattr(args, "fused_dice_ce", False),
+        save_predictions=args.save_predictions,
     )
 
 
@@ -89,7 +90,8 @@ def inference_job(args: argparse.Namespace):
             "--no_sub_dir_adv_images to use the given folder itself)")
         raise UserError(f"adversarial images folder not found: {folder}{hint}")
     _check_same_volumes(args, folder)
-    run_dir = None if args.debugging else inference_results_dir(args.results_dir, folder, args.pretrained_path)
+    run_dir = None if args.debugging else inference_results_dir(args.results_dir, folder,
+                                                                args.pretrained_path or args.model_name)
     return _eval_job(args, run_dir, f"saved {attack.summary()}", adv_folder=folder)
 
 
@@ -108,6 +110,8 @@ def inference_results_dir(results_dir: str | None, adv_folder: str, checkpoint: 
 
     if results_dir:
         return os.path.normpath(results_dir)
+    if not os.path.isfile(os.path.expanduser(checkpoint)):  # a model whose own folder holds its weights: its name
+        return os.path.normpath(os.path.join(adv_folder, "inference", checkpoint))
     path = os.path.realpath(os.path.expanduser(checkpoint))
     stem = os.path.splitext(os.path.basename(path))[0]
     name = f"{os.path.basename(os.path.dirname(path))}_{stem}"

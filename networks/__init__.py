@@ -1,11 +1,12 @@
 """Segmentation networks: the ``--model_name`` registry, checkpoints, whole-volume prediction."""
 
-from .checkpoint import adapt_legacy_state_dict, extract_state_dict, load_model_weights, read_checkpoint, save_checkpoint
-from .inference import WindowSettings, predict_volume
+from .checkpoint import adapt_legacy_state_dict, extract_state_dict, read_checkpoint, save_checkpoint
+from .inference import BLENDS, WindowSettings, predict_logits, predict_volume
 from .precision import PRECISIONS, MixedPrecision, compiled, with_precision
-from .registry import MODELS, ModelEntry, ModelSettings, build_model, get_model_entry, model_options
+from .registry import MODELS, ModelEntry, ModelSettings, build_model, get_model_entry, load_model_weights, model_options
 
 __all__ = [
+    "BLENDS",
     "MODELS",
     "MixedPrecision",
     "PRECISIONS",
@@ -19,6 +20,7 @@ __all__ = [
     "get_model_entry",
     "load_model_weights",
     "model_options",
+    "predict_logits",
     "predict_volume",
     "read_checkpoint",
     "save_checkpoint",

@@ -34,6 +34,7 @@ __all__ = [
     "extract_state_dict",
     "load_checkpoint",
     "load_model_weights",
+    "WeightsMismatch",
     "read_checkpoint",
     "read_checkpoint_args",
     "save_checkpoint",
@@ -55,15 +56,9 @@ _CROSS_ATTN_KEY = re.compile(r"^vit\.blocks\.\d+\.cross_attn\.")
 _NORM_CROSS_ATTN_KEY = re.compile(r"^vit\.blocks\.\d+\.norm_cross_attn\.(weight|bias)$")
 """Norm layers of today's ViT blocks that UNETR never calls; older checkpoints lack them."""
 
-def _model_flags_hint() -> str:
-    """What to check when a checkpoint does not fit: each registered model's own flags, from the registry."""
-    from .registry import MODELS
-
-    per_model = "; ".join(f"{name}: {'/'.join('--' + o.name for o in entry.options) or 'none'}"
-                          for name, entry in MODELS.items())
-    return ("the checkpoint looks like another architecture or other model flags; check "
-            f"--model_name/--in_channels/--out_channels, the model's own flags ({per_model}) and "
-            "--roi_x/--roi_y/--roi_z (some models' weights depend on the ROI) against the run that saved it")
+class WeightsMismatch(UserError):
+    """The checkpoint's weights do not fit the model (keys or shapes); :func:`networks.registry.load_model_weights`
+    adds which model flags to check."""
 
 
 _MAX_KEYS_SHOWN = 10
@@ -314,7 +309,7 @@ def load_model_weights(model: nn.Module, path_or_ckpt: str | os.PathLike | Mappi
             problems.append(f"{len(unexpected)} unexpected keys {_shown(unexpected)}")
         if mismatched:
             problems.append(f"{len(mismatched)} shape mismatches {_shown(mismatched)}")
-        raise UserError(f"checkpoint {source} does not fit the model: {'; '.join(problems)}; {_model_flags_hint()}")
+        raise WeightsMismatch(f"checkpoint {source} does not fit the model: {'; '.join(problems)}")
 
     bad = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:

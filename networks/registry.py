@@ -9,23 +9,31 @@ declared flags and passes each model only the options it declares.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch.nn as nn
 
 from utils.errors import UserError
 from utils.options import Option, constructor_kwargs, lookup
 
-from . import monai_zoo, unetr, unetrpp
+from . import bundle, checkpoint, monai_zoo, nnunet, unetr, unetrpp
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered network: its builder and the options (flags) the builder takes."""
+    """A registered network: its builder and the options (flags) the builder takes.
+
+    ``defaults(options) -> {flag: value}``, when given, supplies values of model-independent flags
+    (``in_channels``, ``roi_x``, ``space_x``, ``a_min``, ``sw_blend`` ...) that the user left unset, from
+    what the model's own options point at (a trained-model folder). ``loads_weights``: the builder
+    loads the trained weights itself (no ``--pretrained_path``).
+    """
 
     build: Callable[..., nn.Module]
     options: tuple = ()
     description: str = ""
+    defaults: Optional[Callable[[Mapping[str, Any]], dict]] = None
+    loads_weights: bool = False
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -34,6 +42,10 @@ MODELS: dict[str, ModelEntry] = {
     "swin-unetr": ModelEntry(monai_zoo.build_swin_unetr, monai_zoo.SWIN_OPTIONS, "MONAI SwinUNETR"),
     "segresnet": ModelEntry(monai_zoo.build_segresnet, monai_zoo.SEGRESNET_OPTIONS, "MONAI SegResNet"),
     "unet": ModelEntry(monai_zoo.build_unet, monai_zoo.UNET_OPTIONS, "MONAI UNet (residual units)"),
+    "nnunet": ModelEntry(nnunet.build_nnunet, nnunet.OPTIONS, "an nnU-Net v2 trained-model folder (--nnunet_model_dir)",
+                         defaults=nnunet.folder_defaults, loads_weights=True),
+    "bundle": ModelEntry(bundle.build_bundle, bundle.OPTIONS, "a MONAI bundle's network_def and weights (--bundle_dir)",
+                         defaults=bundle.bundle_defaults, loads_weights=True),
 }
 
 
@@ -99,3 +111,25 @@ def model_options() -> list[Option]:
     from utils.options import collect_options
 
     return collect_options(entry.options for entry in MODELS.values())
+
+
+def model_flags_hint() -> str:
+    """What to check when a checkpoint does not fit: each registered model's own flags, from the registry."""
+    per_model = "; ".join(f"{name}: {'/'.join('--' + o.name for o in entry.options) or 'none'}"
+                          for name, entry in MODELS.items())
+    return ("the checkpoint looks like another architecture or other model flags; check "
+            f"--model_name/--in_channels/--out_channels, the model's own flags ({per_model}) and "
+            "--roi_x/--roi_y/--roi_z (some models' weights depend on the ROI) against the run that saved it")
+
+
+def load_model_weights(model: nn.Module, path_or_ckpt, **kwargs) -> dict:
+    """:func:`networks.checkpoint.load_model_weights`; when the weights do not fit, the message also names
+    each registered model's own flags to check (:func:`model_flags_hint`).
+
+    Raises:
+        UserError: as :func:`networks.checkpoint.load_model_weights`.
+    """
+    try:
+        return checkpoint.load_model_weights(model, path_or_ckpt, **kwargs)
+    except checkpoint.WeightsMismatch as err:
+        raise UserError(f"{err}; {model_flags_hint()}") from None

@@ -325,7 +325,7 @@ def run_sweep(settings: SweepSettings, runner: Optional[Callable] = None) -> lis
 
     Cells whose block does not divide the ROI are skipped with a note; other invalid
     flags stop the sweep before anything runs. A stop signal (under
-    :func:`engine.cli.run_driver`) is honoured before each cell and inside a running one;
+    :func:`engine.jobs.run_driver`) is honoured before each cell and inside a running one;
     the cells finished so far are kept and reused by a rerun.
 
     Raises:

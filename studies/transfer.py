@@ -3,7 +3,7 @@
 Each surrogate model was attacked white-box by ``generate_adv_samples.py``, which saved its
 adversarial volumes in a run folder. Every target model is evaluated on every surrogate's saved
 volumes through the evaluation path of ``inference_on_saved_adv_samples.py``
-(:func:`engine.cli.inference_job` -> :func:`engine.evaluation.run_inference`), one run folder per cell
+(:func:`engine.jobs.inference_job` -> :func:`engine.evaluation.run_inference`), one run folder per cell
 under ``<out_dir>/cells/``. A cell whose ``results.json`` was made with the same flags from the same
 checkpoint content is reused on a rerun; one made otherwise is refused in one line (``--overwrite``
 recomputes every cell), and an unfinished cell resumes case by case, as the inference script does.
@@ -270,7 +270,7 @@ def run_transfer(job: TransferJob) -> dict:
 
     Raises:
         UserError: bad models (:func:`check_models`) or a cell that fails.
-        utils.distributed.StopRequested: a stop signal (under :func:`engine.cli.run_driver`).
+        utils.distributed.StopRequested: a stop signal (under :func:`engine.jobs.run_driver`).
     """
     from utils.distributed import check_stop
     from utils.logs import setup_logging

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from networks import build_model
+from networks import build_model, load_model_weights  # the registry's: a misfit names each model's flags
 from networks.checkpoint import (
     LEGACY_DROPPED_KEYS,
     adapt_legacy_state_dict,
     extract_state_dict,
-    load_model_weights,
     read_checkpoint,
     save_checkpoint,
 )

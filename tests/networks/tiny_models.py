@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
+
 from networks import MODELS
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_nnunet_dir() -> str:
+    """A tiny nnU-Net trained-model folder (1 CT channel, 3 classes, patch 16^3), written once per session."""
+    from tests.networks.nnunet_folder import write_nnunet_folder
+
+    root = tempfile.mkdtemp(prefix="tiny_nnunet_")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return write_nnunet_folder(root)
+
 
 # name -> (model flags, ROI (x, y, z)); each ROI meets the model's divisibility rule
 TINY_MODELS: dict[str, tuple[list[str], tuple[int, int, int]]] = {
@@ -15,12 +31,15 @@ TINY_MODELS: dict[str, tuple[list[str], tuple[int, int, int]]] = {
     "segresnet": (["--segresnet_init_filters", "8", "--segresnet_blocks_down", "1", "1", "1",
                    "--segresnet_blocks_up", "1", "1"], (32, 32, 16)),
     "unet": (["--unet_channels", "4", "8", "16", "--unet_strides", "2", "2", "--unet_num_res_units", "1"], (32, 32, 16)),
+    # the folder (written on first use) decides channels (1), classes (3) and the ROI (its patch)
+    "nnunet": (["--nnunet_model_dir", "<tiny nnU-Net folder>"], (16, 16, 16)),
 }
 
 
 def tiny_flags(name: str) -> list[str]:
     """``--model_name`` with the model's tiny flags and its ROI."""
     flags, roi = TINY_MODELS[name]
+    flags = [tiny_nnunet_dir() if f == "<tiny nnU-Net folder>" else f for f in flags]
     return ["--model_name", name, *flags, *(f for axis, size in zip("xyz", roi) for f in (f"--roi_{axis}", str(size)))]
 
 
