@@ -22,6 +22,7 @@ from utils.distributed import LaunchSettings
 from utils.errors import EXIT_USER_ERROR, UserError
 from utils.io import to_jsonable
 from utils.options import option_values
+from utils.run_folder import RunLayout
 
 from .flags import (RUNTIME_FLAGS, add_attack_args, add_data_args, add_eval_output_args, add_inference_output_args,
                     add_inference_runtime_args, add_model_args, add_pretrained_args, add_runtime_args, add_training_args)
@@ -299,7 +300,7 @@ def adopt_adv_run(args: argparse.Namespace, parser: argparse.ArgumentParser, typ
         return
     from utils.io import read_json
 
-    path = os.path.join(args.adv_run_dir, "args.json")
+    path = RunLayout(args.adv_run_dir).args
     if not os.path.isfile(path):
         parser.error(f"--adv_run_dir {args.adv_run_dir} holds no args.json: pass the run folder that "
                      "generate_adv_samples.py wrote (it holds args.json and imagesTsAdv/)")

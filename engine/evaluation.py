@@ -24,7 +24,7 @@ from attacks import AttackSettings
 from data.loading import DataSettings, build_dataset, check_case, check_files, class_names, plain_tensor
 from training.losses import build_dice_ce
 from engine.reports import DEFINITIONS, case_rows, format_summary, report_case, summarise
-from utils.run_folder import prepare_run_dir, run_lock
+from utils.run_folder import RunLayout, prepare_run_dir, run_lock
 from networks import ModelSettings, WindowSettings, compiled, load_model_weights, predict_volume, with_precision
 from utils import distributed as dist_utils
 from utils.distributed import LaunchSettings
@@ -104,9 +104,14 @@ class EvalJob:
         return {"checkpoint": self.checkpoint}
 
     @property
-    def tag(self) -> str:
-        """``Tr`` or ``Ts``: the release's folder infix of the split."""
-        return "Tr" if self.split == "training" else "Ts"
+    def layout(self) -> Optional[RunLayout]:
+        """Where this run's files go (``None`` with ``run_dir=None``: nothing is written)."""
+        return None if self.run_dir is None else RunLayout(self.run_dir, self.split)
+
+    @property
+    def adv_layout(self) -> Optional[RunLayout]:
+        """The generation run whose saved adversarial volumes inference reads."""
+        return None if self.adv_folder is None else RunLayout(self.adv_folder, self.split)
 
     def items(self) -> list[dict]:
         items = self.data.items(self.split)
@@ -144,7 +149,7 @@ class CaseEvaluator:
         self.logits: list = []  # the current case's clean and adversarial logits, for that writer
 
     def case_file(self, name: str) -> str | None:
-        return None if self.run_dir is None else os.path.join(self.run_dir, "cases", f"{name}.json")
+        return None if self.run_dir is None else self.job.layout.case_record(name)
 
     def finished(self, item: dict) -> dict | None:
         """The finished case's metrics, or ``None`` to (re)do it: never finished, an unreadable
@@ -160,7 +165,7 @@ class CaseEvaluator:
             return None
         wanted = []
         if self.save_volumes:
-            wanted.append(os.path.join(self.run_dir, f"images{self.job.tag}Adv", f"adv_{name}"))
+            wanted.append(self.job.layout.adv_image(name))
         if self.job.save_predictions:
             wanted += list(self.prediction_files(label_name(item)))
         for path in wanted:
@@ -172,8 +177,7 @@ class CaseEvaluator:
     def prediction_files(self, name: str) -> tuple[str, str]:
         """Where ``--save_predictions`` writes a case's clean and adversarial label maps (named as its
         label file, as nnU-Net names predictions)."""
-        tag = self.job.tag
-        return (os.path.join(self.run_dir, f"pred{tag}Clean", name), os.path.join(self.run_dir, f"pred{tag}Adv", name))
+        return self.job.layout.predictions(name)
 
     def run(self, items: list[dict], make_adv: MakeAdv) -> dict[str, dict]:
         """Evaluate ``items`` (datalist entries); returns ``{case name: metrics}`` for this process."""
@@ -254,7 +258,7 @@ class CaseEvaluator:
                 from utils.figures import save_case_figure
 
                 save_case_figure(
-                    os.path.join(self.run_dir, "figures", f"{name.split('.')[0]}.png"),
+                    self.job.layout.figure(name),
                     image[0, 0].cpu().numpy(), adv[0, 0].cpu().numpy(), label[0, 0].cpu().numpy(),
                     pred_clean[0, 0].cpu().numpy(), pred_adv[0, 0].cpu().numpy(), self.class_names,
                     title=f"{name} — {self.job.attack.name}",
@@ -280,12 +284,11 @@ class CaseEvaluator:
             save_nifti(path, labels.astype(np.uint8 if labels.max() < 256 else np.int16), affine)
 
     def save(self, name: str, lbl_name: str, image, adv, label, affine) -> None:
-        root, tag, dtype = self.run_dir, self.job.tag, self.job.save_dtype
-        save_nifti(os.path.join(root, f"images{tag}Clean", f"clean_{name}"), volume_to_array(image[0, 0], dtype), affine)
+        layout, dtype = self.job.layout, self.job.save_dtype
+        save_nifti(layout.clean_image(name), volume_to_array(image[0, 0], dtype), affine)
         labels = label[0, 0].cpu().numpy()
-        save_nifti(os.path.join(root, f"labels{tag}Clean", lbl_name),
-                   labels.astype(np.uint8 if labels.max() < 256 else np.int16), affine)
-        save_nifti(os.path.join(root, f"images{tag}Adv", f"adv_{name}"), volume_to_array(adv[0, 0], dtype), affine)
+        save_nifti(layout.clean_label(lbl_name), labels.astype(np.uint8 if labels.max() < 256 else np.int16), affine)
+        save_nifti(layout.adv_image(name), volume_to_array(adv[0, 0], dtype), affine)
 
 
 def finishes_in_background(finish_cases: str, device: torch.device) -> bool:
@@ -368,9 +371,9 @@ def finish_run(job: EvalJob, results: dict[str, dict], evaluator: CaseEvaluator,
     if warning:
         logger.warning("%s", warning)
     if job.run_dir is not None:
-        write_json(os.path.join(job.run_dir, "results.json"), report)
-        write_csv(os.path.join(job.run_dir, "per_case.csv"), case_rows(per_case))
-        logger.info("results written to %s", os.path.join(job.run_dir, "results.json"))
+        write_json(job.layout.results, report)
+        write_csv(job.layout.per_case, case_rows(per_case))
+        logger.info("results written to %s", job.layout.results)
     if per_case:
         print(format_summary(overall, job.title), flush=True)
     return report
@@ -402,7 +405,7 @@ def _start(job: EvalJob, held: contextlib.ExitStack) -> None:
         prepare_run_dir(job.run_dir, job.record, job.runtime_keys, job.overwrite, job.path_keys, job.defaults,
                         inputs=job.inputs,
                         folder_flag="--save_adv_images_dir" if job.adv_folder is None else "--results_dir")
-    log_file = os.path.join(job.run_dir, "log.out") if job.run_dir and dist_utils.is_main_process() else None
+    log_file = job.layout.log if job.run_dir and dist_utils.is_main_process() else None
     setup_logging(log_file, job.verbose)
 
 
@@ -514,7 +517,7 @@ def _run_inference(job: EvalJob, device: torch.device) -> dict:
         return load_adv
 
     def load_adv(item, image, label, index):
-        path = os.path.join(job.adv_folder, f"images{job.tag}Adv", f"adv_{case_name(item)}")
+        path = job.adv_layout.adv_image(case_name(item))
         if not os.path.exists(path):
             raise UserError(f"saved adversarial volume missing: {path}; generate it first or check --adv_images_dir")
         array, _ = load_nifti(path)

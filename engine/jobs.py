@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from data.loading import split_for_mode
 from utils.errors import EXIT_USER_ERROR, UserError
 from utils.io import to_jsonable
+from utils.run_folder import RunLayout
 
 from .cli import (EVAL_GROUPS, INFERENCE_GROUPS, attack_settings, data_settings, flag_defaults, launch_settings,
                   model_settings, window_settings)
@@ -120,7 +121,7 @@ def inference_results_dir(results_dir: str | None, adv_folder: str, checkpoint: 
 
     def recorded(folder: str):
         try:
-            found = read_json(os.path.join(folder, "args.json")).get("pretrained_path")
+            found = read_json(RunLayout(folder).args).get("pretrained_path")
         except (OSError, ValueError):
             return None
         return os.path.realpath(os.path.expanduser(found)) if isinstance(found, str) and found else None
@@ -141,7 +142,7 @@ def _check_same_volumes(args: argparse.Namespace, folder: str) -> None:
     """
     from utils.io import read_json
 
-    path = os.path.join(folder, "args.json")
+    path = RunLayout(folder).args
     if not os.path.exists(path):
         return  # volumes from elsewhere: only their shapes can be checked, case by case
     try:

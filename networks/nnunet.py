@@ -29,10 +29,8 @@ configuration's patch size in that order.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch

@@ -111,6 +111,7 @@ def run_demo(args: argparse.Namespace) -> None:
     at a step's safe point, before any table: a stopped training is never attacked; the same
     command continues it (``--resume --resume_latest``) and reuses finished attacks."""
     from utils.distributed import check_stop
+    from utils.run_folder import RunLayout
 
     started = time.perf_counter()
     out = os.path.abspath(args.out)
@@ -151,7 +152,7 @@ def run_demo(args: argparse.Namespace) -> None:
         run_dir = attack(MODEL + data + runtime + flags + [
             "--use_pretrained", "--pretrained_path", checkpoint, "--gen_val_adv_mode",
             "--save_adv_images_dir", adv_dir, "--save_figures", "--infer_overlap", "0.25", "--seed", "0"])
-        with open(os.path.join(run_dir, "results.json")) as f:
+        with open(RunLayout(run_dir).results) as f:
             reports[title] = (json.load(f)["overall"], run_dir)
     check_stop()
 

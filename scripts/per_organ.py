@@ -34,10 +34,11 @@ def main(argv=None) -> int:
     from studies.charts import organ_drop_plot
     from studies.per_organ import organ_drop_rows, per_organ_markdown
     from utils.io import read_json, write_bytes, write_csv
+    from utils.run_folder import RunLayout
 
     reports = {}
     for run_dir in args.run_dirs:
-        path = os.path.join(run_dir, "results.json")
+        path = RunLayout(run_dir).results
         if not os.path.exists(path):
             sys.stderr.write(f"per_organ.py: error: no results.json in {run_dir}\n")
             return 2

@@ -27,6 +27,7 @@ import torch
 from attacks.frequency import dct, idct
 from utils.distributed import check_stop
 from utils.errors import UserError
+from utils.run_folder import RunLayout
 from utils.io import array_to_volume, load_nifti, read_json
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def analyse_run(run_dir: str, edges: Sequence[float] = (1 / 3, 2 / 3), measure: 
     Raises:
         UserError: no ``results.json``, a missing volume, or labels that cannot be matched.
     """
-    path = os.path.join(run_dir, "results.json")
+    path = RunLayout(run_dir).results
     if not os.path.exists(path):
         raise UserError(f"no results.json in {run_dir}: give a finished generate_adv_samples.py run folder")
     try:
@@ -140,15 +141,15 @@ def analyse_run(run_dir: str, edges: Sequence[float] = (1 / 3, 2 / 3), measure: 
         raise UserError(f"{path} is unreadable or incomplete ({' '.join(str(err).split())}); run the same "
                         "generate_adv_samples.py command again to finish the run and rewrite it") from None
     split = "training" if record.get("gen_train_adv_mode") else "validation"
-    tag = "Tr" if split == "training" else "Ts"
+    layout = RunLayout(run_dir, split)
     names = list(cases)[: max_cases]
     predictor = _Predictor(record, checkpoint, device) if evaluate else None
     labels = _label_names(record, split) if evaluate else {}
     per_case = {}
     for name in names:
         check_stop()  # a safe point between cases (under a driver's stop_on_signals)
-        clean = _load(os.path.join(run_dir, f"images{tag}Clean", f"clean_{name}"))
-        adv = _load(os.path.join(run_dir, f"images{tag}Adv", f"adv_{name}"))
+        clean = _load(layout.clean_image(name))
+        adv = _load(layout.adv_image(name))
         delta = adv.double() - clean.double()  # [H, W, D]
         bands = band_index(delta.shape, edges, measure)
         energy, total = band_energies(delta, bands)
@@ -158,7 +159,7 @@ def analyse_run(run_dir: str, edges: Sequence[float] = (1 / 3, 2 / 3), measure: 
         if predictor is not None:
             if name not in labels:
                 raise UserError(f"case {name} is not in the run's datalist; cannot find its label")
-            label_path = os.path.join(run_dir, f"labels{tag}Clean", labels[name])
+            label_path = layout.clean_label(labels[name])
             if not os.path.exists(label_path):
                 raise UserError(f"saved label missing: {label_path}")
             label = torch.from_numpy(np.asarray(load_nifti(label_path)[0]).astype(np.int64))  # class indices

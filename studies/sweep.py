@@ -30,7 +30,7 @@ from engine.flags import PATH_FLAGS, RUNTIME_FLAGS
 from studies import paper_tables
 from utils.errors import UserError
 from utils.io import read_json, to_jsonable
-from utils.run_folder import changed_inputs, changed_settings
+from utils.run_folder import RunLayout, changed_inputs, changed_settings
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def finished_report(run_dir: str, args: argparse.Namespace) -> Optional[dict]:
     incomplete ``results.json`` (the sweep's own record) counts as not finished, with a warning: the
     cell runs again, reusing its finished cases.
     """
-    path = os.path.join(run_dir, "results.json")
+    path = RunLayout(run_dir).results
     if not os.path.exists(path):
         return None
     try:

@@ -9,6 +9,7 @@ from studies import paper_tables
 from studies.per_organ import organ_drop_rows, per_organ_markdown
 from studies.sweep import Preset
 from utils.io import read_json, write_bytes, write_csv, write_json
+from utils.run_folder import RunLayout
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -152,7 +153,7 @@ def write_sweep_outputs(preset: Preset, rows: Sequence[dict], out: str, command:
                                            similarity=similarity)
     paths["tradeoff"] = charts.tradeoff_plot(finished, os.path.join(out, "dice_vs_similarity.png"), similarity)
     reports = {r["label"] if not r["model"] else f"{r['model']} {r['label']}": read_json(
-        os.path.join(r["run_dir"], "results.json")) for r in finished}
+        RunLayout(r["run_dir"]).results) for r in finished}
     drops = organ_drop_rows(reports)
     if drops:
         paths["per_organ.md"] = os.path.join(out, "per_organ.md")

@@ -25,6 +25,7 @@ from typing import Sequence
 
 from utils.errors import UserError
 from utils.io import atomic_write, read_json, write_csv, write_json
+from utils.run_folder import RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def attack_flags(adv_folder: str) -> list[str]:
     report names the attack; none when the folder has no ``args.json``."""
     from attacks import get_attack_class
 
-    path = os.path.join(adv_folder, "args.json")
+    path = RunLayout(adv_folder).args
     if not os.path.isfile(path):
         return []
     record = read_json(path)
@@ -138,7 +139,7 @@ def finished_overall(cell_folder: str, eval_job) -> dict | None:
     An unreadable or incomplete record is redone with a warning."""
     from utils.run_folder import changed_inputs, changed_settings
 
-    results = os.path.join(cell_folder, "results.json")
+    results = RunLayout(cell_folder).results
     if not os.path.isfile(results):
         return None
     try:
@@ -167,7 +168,7 @@ def run_cell(job: TransferJob, surrogate: TransferModel, target: TransferModel) 
     from engine.evaluation import run_inference
 
     folder = cell_dir(job, surrogate, target)
-    results = os.path.join(folder, "results.json")
+    results = RunLayout(folder).results
     argv = cell_argv(job, surrogate, target)
     try:
         args = cli.parse_inference_args(argv, raising=True)

@@ -6,20 +6,102 @@ import contextlib
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from utils import distributed as dist_utils
 from utils.errors import UserError
 from utils.io import file_fingerprint, read_json, remove_stale_temporaries, same_content, write_json
 
-RUN_FILES = ("results.json", "per_case.csv", "args.json", "log.out", "inputs.json")
-RUN_FOLDERS = ("cases", "figures", "imagesTsClean", "labelsTsClean", "imagesTsAdv",
-               "imagesTrClean", "labelsTrClean", "imagesTrAdv")
-LOCK_FILE = ".lock"
 INPUTS_FILE = "inputs.json"
 """The content of the files a run's numbers come from (:func:`utils.io.file_fingerprint` per role:
 the checkpoint, the saved volumes' generation report): a path that now holds other bytes
 (retrained weights saved over the old ones) makes the folder's finished cases stale."""
+
+SPLIT_TAGS = {"validation": "Ts", "training": "Tr"}
+"""The release's infix of a split in the saved volumes' folder names (``imagesTsAdv``, ``imagesTrAdv``)."""
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where a run folder keeps each of its files: the one place that spells their names.
+
+    A generation run holds ``args.json``, ``results.json``, ``per_case.csv``, ``log.out``, ``inputs.json``,
+    ``cases/<case>.json`` (each finished case), ``figures/``, the saved volumes ``images{Ts,Tr}Clean/clean_<case>``,
+    ``labels{Ts,Tr}Clean/<label file>``, ``images{Ts,Tr}Adv/adv_<case>`` (the release's names) and, with
+    ``--save_predictions``, ``pred{Ts,Tr}Clean/`` and ``pred{Ts,Tr}Adv/`` (named as the label files, as nnU-Net
+    names predictions). An inference run holds the same records, without volumes.
+
+    Args:
+        root: the run folder.
+        split: ``validation`` or ``training`` (``--gen_train_adv_mode``), the saved volumes' split.
+    """
+
+    root: str
+    split: str = "validation"
+
+    FILES = ("results.json", "per_case.csv", "args.json", "log.out", INPUTS_FILE)
+    """The records a run writes (``--overwrite`` removes them, and nothing else at the top)."""
+
+    @property
+    def tag(self) -> str:
+        return SPLIT_TAGS[self.split]
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    @property
+    def results(self) -> str:
+        return self.file("results.json")
+
+    @property
+    def per_case(self) -> str:
+        return self.file("per_case.csv")
+
+    @property
+    def args(self) -> str:
+        return self.file("args.json")
+
+    @property
+    def log(self) -> str:
+        return self.file("log.out")
+
+    @property
+    def cases(self) -> str:
+        return self.file("cases")
+
+    def case_record(self, case: str) -> str:
+        return os.path.join(self.cases, f"{case}.json")
+
+    def figure(self, case: str) -> str:
+        return os.path.join(self.root, "figures", f"{case.split('.')[0]}.png")
+
+    def clean_image(self, case: str) -> str:
+        return os.path.join(self.root, f"images{self.tag}Clean", f"clean_{case}")
+
+    def clean_label(self, label_file: str) -> str:
+        return os.path.join(self.root, f"labels{self.tag}Clean", label_file)
+
+    def adv_image(self, case: str) -> str:
+        return os.path.join(self.root, f"images{self.tag}Adv", f"adv_{case}")
+
+    def predictions(self, label_file: str) -> tuple[str, str]:
+        """``(clean, adversarial)`` label maps of ``--save_predictions``."""
+        return (os.path.join(self.root, f"pred{self.tag}Clean", label_file),
+                os.path.join(self.root, f"pred{self.tag}Adv", label_file))
+
+    @classmethod
+    def folders(cls) -> tuple[str, ...]:
+        """Every sub-folder a run may write (``--overwrite`` removes these, and no other)."""
+        per_split = [f"{kind}{tag}{which}" for tag in SPLIT_TAGS.values()
+                     for kind, which in (("images", "Clean"), ("labels", "Clean"), ("images", "Adv"),
+                                         ("pred", "Clean"), ("pred", "Adv"))]
+        return ("cases", "figures", *per_split)
+
+
+RUN_FILES = RunLayout.FILES
+RUN_FOLDERS = RunLayout.folders()
+LOCK_FILE = ".lock"
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +128,9 @@ def changed_settings(previous: Mapping, now: Mapping, runtime_keys, path_keys=fr
 def holds_finished_cases(run_dir: str) -> bool:
     """Whether ``run_dir`` holds a finished case's record or a results file (work a rerun with
     other settings must not mix with); a folder left by a start that failed holds neither."""
-    cases = os.path.join(run_dir, "cases")
-    finished = os.path.isdir(cases) and any(name.endswith(".json") for name in os.listdir(cases))
-    return finished or os.path.exists(os.path.join(run_dir, "results.json"))
+    layout = RunLayout(run_dir)
+    finished = os.path.isdir(layout.cases) and any(name.endswith(".json") for name in os.listdir(layout.cases))
+    return finished or os.path.exists(layout.results)
 
 
 @contextlib.contextmanager
@@ -141,7 +223,7 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
             with other settings or made from other file contents, and ``overwrite`` is off.
     """
     inputs = {role: file for role, file in (inputs or {}).items() if file and os.path.isfile(file)}
-    args_file = os.path.join(run_dir, "args.json")
+    args_file = RunLayout(run_dir).args
     if os.path.isdir(run_dir) and overwrite:
         if dist_utils.is_main_process():
             for name in RUN_FOLDERS:
@@ -178,7 +260,7 @@ def prepare_run_dir(run_dir: str, record: Mapping, runtime_keys, overwrite: bool
     if dist_utils.is_main_process():
         for folder in ("", *RUN_FOLDERS):  # what a killed write left behind
             remove_stale_temporaries(os.path.join(run_dir, folder))
-        os.makedirs(os.path.join(run_dir, "cases"), exist_ok=True)
+        os.makedirs(RunLayout(run_dir).cases, exist_ok=True)
         write_json(args_file, dict(record))
         if inputs:
             record_inputs(run_dir, inputs)
