@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 RUNTIME_FLAGS = frozenset({
     "device", "workers", "overwrite", "debugging", "verbose", "sw_batch_size",
     "save_figures", "max_cases", "distributed", "world_size", "rank", "dist_url", "dist_backend",
-    "results_dir", "exp_name", "use_normal_dataset", "save_adv_images_dir", "finish_cases",
+    "results_dir", "exp_name", "use_normal_dataset", "save_adv_images_dir", "finish_cases", "skip_empty_cases",
 })
 """Flags that do not change a run's numbers: a run folder may be resumed with other values.
 (``--attack_batch_size`` is not among them: the tiles batched together share one early stop
@@ -155,6 +155,9 @@ def add_eval_output_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="start the run folder afresh instead of skipping finished cases")
     g.add_argument("--save_figures", action="store_true", help="one PNG per case: slices, perturbation, predictions")
     g.add_argument("--max_cases", default=None, type=int, help="evaluate only the first N cases")
+    g.add_argument("--skip_empty_cases", action="store_true",
+                   help="a case with nothing to segment (empty after the intensity window and the foreground crop) "
+                        "is recorded under 'skipped' in results.json, with the reason, instead of stopping the run")
     g.add_argument("--finish_cases", default="auto", choices=("auto", "background", "inline"),
                    help="finish each case (metrics, saved files) in a background thread while the next case is "
                         "attacked, or inline before it; auto: background on an accelerator, inline on a CPU (where "
@@ -415,7 +418,7 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         + (" [fused Dice-CE]" if args.fused_dice_ce and adv_folder is None else ""),
         launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
         path_keys=PATH_FLAGS, defaults=dict(_DEFAULTS), precision=args.precision or "fp32", compile=args.compile,
-        finish_cases=args.finish_cases, fused_loss=args.fused_dice_ce,
+        finish_cases=args.finish_cases, fused_loss=args.fused_dice_ce, skip_empty=args.skip_empty_cases,
     )
 
 

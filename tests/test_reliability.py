@@ -855,3 +855,16 @@ def test_refused_flags_of_a_transfer_cell_are_one_line(finished, tmp_path, capsy
     code, err = run_main(_script("transfer_matrix").main, flags, capsys)
     one_line_error(code, err, 2, "the flags of cell A -> A were refused")
     assert "roi" in err
+
+
+def test_skip_empty_cases_records_the_case_as_skipped(dataset, checkpoint, tmp_path, capsys):
+    image, _ = _first_val(dataset)
+    _rewrite(image, _air)
+    argv = eval_flags(dataset, checkpoint, tmp_path / "out", *PGD, "--skip_empty_cases")
+    argv[argv.index("--max_cases") + 1] = "2"
+    code, err = run_main(gen.main, argv, capsys)
+    assert code == 0, err
+    report = json.loads(next((tmp_path / "out").rglob("results.json")).read_text())
+    name = os.path.basename(image)
+    assert "nothing to segment" in report["skipped"][name]
+    assert name not in report["per_case"] and report["overall"]["n_cases"] == 1
