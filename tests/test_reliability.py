@@ -868,3 +868,11 @@ def test_skip_empty_cases_records_the_case_as_skipped(dataset, checkpoint, tmp_p
     name = os.path.basename(image)
     assert "nothing to segment" in report["skipped"][name]
     assert name not in report["per_case"] and report["overall"]["n_cases"] == 1
+
+
+def test_a_sweep_on_a_read_only_disk_is_one_line_without_a_log_it_cannot_have(tiny_dataset, checkpoint, tmp_path,
+                                                                               monkeypatch, capsys):
+    _read_only(monkeypatch, tmp_path)
+    code, err = run_main(_script("sweep").main, _sweep_argv(tiny_dataset, checkpoint, tmp_path), capsys)
+    one_line_error(code, err, 1, "Read-only file system")
+    assert "log.out" not in [line for line in err.splitlines() if ": error: " in line][0]
