@@ -16,9 +16,9 @@ RUN_FOLDERS = ("cases", "figures", "imagesTsClean", "labelsTsClean", "imagesTsAd
                "imagesTrClean", "labelsTrClean", "imagesTrAdv")
 LOCK_FILE = ".lock"
 INPUTS_FILE = "inputs.json"
-"""The content of the files a run's numbers come from (:func:`utils.io.file_fingerprint` per role:
-the checkpoint, the saved volumes' generation report): a path that now holds other bytes
-(retrained weights saved over the old ones) makes the folder's finished cases stale."""
+"""The content of the files a run's numbers come from beyond its flags (:func:`utils.io.file_fingerprint`
+per role; the evaluation jobs record their checkpoint): a path that now holds other bytes (retrained
+weights saved over the old ones) makes the folder's finished cases stale."""
 
 
 def _canonical(value: Any) -> Any:
