@@ -467,6 +467,10 @@ def build_loader(
 # --------------------------------------------------------------------------- checks
 
 
+class EmptyCase(UserError):
+    """A case with nothing to segment (see :func:`check_case`); ``--skip_empty_cases`` records it as skipped."""
+
+
 def check_case(image, label, num_classes: int, name: str) -> None:
     """Refuse a case whose label does not fit the image or the model.
 
@@ -477,10 +481,10 @@ def check_case(image, label, num_classes: int, name: str) -> None:
         name: case name for the message.
 
     Raises:
-        UserError: spatial shapes differ, the image holds NaN or Inf, nothing is left to
-            segment (an empty volume after the foreground crop, or one thinner than two
-            voxels along two axes), label values are not whole numbers, or lie outside
-            ``0 .. num_classes - 1``.
+        EmptyCase: nothing is left to segment (an empty volume after the foreground crop,
+            or one thinner than two voxels along two axes).
+        UserError: spatial shapes differ, the image holds NaN or Inf, label values are
+            not whole numbers, or lie outside ``0 .. num_classes - 1``.
     """
     image_shape, label_shape = tuple(image.shape), tuple(label.shape)
     finite = bool(image.isfinite().all()) if hasattr(image, "isfinite") else bool(np.isfinite(image).all())
@@ -494,11 +498,11 @@ def check_case(image, label, num_classes: int, name: str) -> None:
         )
     spatial = tuple(int(n) for n in image_shape[-3:])
     if min(spatial) == 0:
-        raise UserError(f"case {name}: nothing to segment: no voxel is above the intensity window's lower end "
+        raise EmptyCase(f"case {name}: nothing to segment: no voxel is above the intensity window's lower end "
                         "(--a_min), so the foreground crop leaves an empty volume; the image is all air or on "
                         "another intensity scale: fix its window (--a_min/--a_max) or drop the case")
     if sum(n > 1 for n in spatial) < 2:
-        raise UserError(f"case {name}: the volume is {spatial} voxels after the foreground crop; the metrics "
+        raise EmptyCase(f"case {name}: the volume is {spatial} voxels after the foreground crop; the metrics "
                         "(SSIM, HD95) need more than one voxel along at least two axes: drop the case")
     if hasattr(label, "detach"):  # torch: reduce where the tensor lives
         low, high = float(label.min()), float(label.max())

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from attacks import AttackSettings
-from data.loading import DataSettings, build_dataset, check_case, check_files, class_names, plain_tensor
+from data.loading import DataSettings, EmptyCase, build_dataset, check_case, check_files, class_names, plain_tensor
 from training.losses import build_dice_ce
 from engine.reports import DEFINITIONS, case_rows, format_summary, report_case, summarise
 from utils.run_folder import RunLayout, prepare_run_dir, run_lock
@@ -70,6 +70,8 @@ class EvalJob:
         fused_loss: the attack's Dice-CE is :class:`training.losses.FusedDiceCE` (``--fused_dice_ce``).
         save_predictions: write each case's clean and adversarial label maps on the grid of its file
             (``pred{Tr,Ts}Clean/``, ``pred{Tr,Ts}Adv/``).
+        skip_empty: a case with nothing to segment is recorded as skipped (``--skip_empty_cases``)
+            instead of stopping the run.
     """
 
     model: ModelSettings
@@ -97,6 +99,7 @@ class EvalJob:
     finish_cases: str = "auto"
     fused_loss: bool = False
     save_predictions: bool = False
+    skip_empty: bool = False
 
     @property
     def inputs(self) -> dict:
@@ -147,6 +150,7 @@ class CaseEvaluator:
         self.transform = None  # the loading transforms of this run's cases (inverted for --save_predictions)
         self.own_writer = None  # a dataset layout's writer of predictions on the file's grid (from logits)
         self.logits: list = []  # the current case's clean and adversarial logits, for that writer
+        self.skipped: dict[str, str] = {}  # case name -> why it has nothing to segment (--skip_empty_cases)
 
     def case_file(self, name: str) -> str | None:
         return None if self.run_dir is None else self.job.layout.case_record(name)
@@ -215,7 +219,14 @@ class CaseEvaluator:
                 started = time.perf_counter()
                 image = plain_tensor(data["image"]).unsqueeze(0).to(self.device)  # [1, C, H, W, D]
                 label = plain_tensor(data["label"]).unsqueeze(0).to(self.device)  # [1, 1, H, W, D]
-                check_case(image[0], label[0], self.num_classes, name)
+                try:
+                    check_case(image[0], label[0], self.num_classes, name)
+                except EmptyCase as err:
+                    if not self.job.skip_empty:
+                        raise
+                    logger.warning("skipped (--skip_empty_cases): %s", err)
+                    self.skipped[name] = str(err)
+                    continue
                 affine = getattr(data["image"], "affine", None)
                 affine = np.eye(4) if affine is None else np.asarray(affine.cpu() if torch.is_tensor(affine) else affine)
                 adv, extra = make_adv(item, image, label, index)
@@ -349,6 +360,7 @@ def finish_run(job: EvalJob, results: dict[str, dict], evaluator: CaseEvaluator,
                elapsed: float) -> dict:
     """Gather every process's cases, write ``results.json`` / ``per_case.csv``, print the summary."""
     per_case = dist_utils.gather_cases(results)
+    skipped = dist_utils.gather_cases(evaluator.skipped)
     if not dist_utils.is_main_process():
         return {}
     if job.run_dir is not None and job.max_cases is not None:
@@ -367,6 +379,8 @@ def finish_run(job: EvalJob, results: dict[str, dict], evaluator: CaseEvaluator,
     report = {"overall": overall, "definitions": DEFINITIONS, "per_case": per_case, "args": dict(job.record),
               "timing": {"seconds": round(elapsed, 2), "processes": dist_utils.rank_and_world()[1],
                          "torch_threads": torch.get_num_threads()}}
+    if skipped:
+        report["skipped"] = {name: skipped[name] for name in (case_name(item) for item in items) if name in skipped}
     warning = job.attack.attack_class.review(per_case)
     if warning:
         logger.warning("%s", warning)

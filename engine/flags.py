@@ -21,7 +21,7 @@ from utils.options import add_options
 RUNTIME_FLAGS = frozenset({
     "device", "workers", "overwrite", "debugging", "verbose", "sw_batch_size",
     "save_figures", "max_cases", "distributed", "world_size", "rank", "dist_url", "dist_backend",
-    "results_dir", "exp_name", "use_normal_dataset", "save_adv_images_dir", "finish_cases", "save_predictions",
+    "results_dir", "exp_name", "use_normal_dataset", "save_adv_images_dir", "finish_cases", "save_predictions", "skip_empty_cases",
 })
 """Flags that do not change a run's numbers: a run folder may be resumed with other values.
 (``--attack_batch_size`` is not among them: the tiles batched together share one early stop
@@ -167,6 +167,9 @@ def add_eval_output_args(parser: argparse.ArgumentParser, inference: bool = Fals
                    help="write each case's clean and adversarial label maps on the grid of its file (overlaying "
                         "the original image) into pred{Ts,Tr}Clean/ and pred{Ts,Tr}Adv/ of the run folder")
     g.add_argument("--max_cases", default=None, type=int, help="evaluate only the first N cases")
+    g.add_argument("--skip_empty_cases", action="store_true",
+                   help="a case with nothing to segment (empty after the intensity window and the foreground crop) "
+                        "is recorded under 'skipped' in results.json, with the reason, instead of stopping the run")
     g.add_argument("--finish_cases", default="auto", choices=("auto", "background", "inline"),
                    help="finish each case (metrics, saved files) in a background thread while the next case is "
                         "attacked, or inline before it; auto: background on an accelerator, inline on a CPU (where "

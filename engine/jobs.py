@@ -61,7 +61,7 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         path_keys=PATH_FLAGS, defaults={**flag_defaults(EVAL_GROUPS), **flag_defaults(INFERENCE_GROUPS)},
         precision=args.precision or "fp32", compile=args.compile,
         finish_cases=args.finish_cases, fused_loss=getattr(args, "fused_dice_ce", False),
-        save_predictions=args.save_predictions,
+        save_predictions=args.save_predictions, skip_empty=getattr(args, "skip_empty_cases", False),
     )
 
 

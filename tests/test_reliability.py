@@ -856,3 +856,24 @@ def test_refused_flags_of_a_transfer_cell_are_one_line(finished, tmp_path, capsy
     code, err = run_main(_script("transfer_matrix").main, flags, capsys)
     one_line_error(code, err, 2, "the flags of cell A -> A were refused")
     assert "roi" in err
+
+
+def test_skip_empty_cases_records_the_case_as_skipped(dataset, checkpoint, tmp_path, capsys):
+    image, _ = _first_val(dataset)
+    _rewrite(image, _air)
+    argv = eval_flags(dataset, checkpoint, tmp_path / "out", *PGD, "--skip_empty_cases")
+    argv[argv.index("--max_cases") + 1] = "2"
+    code, err = run_main(gen.main, argv, capsys)
+    assert code == 0, err
+    report = json.loads(next((tmp_path / "out").rglob("results.json")).read_text())
+    name = os.path.basename(image)
+    assert "nothing to segment" in report["skipped"][name]
+    assert name not in report["per_case"] and report["overall"]["n_cases"] == 1
+
+
+def test_a_sweep_on_a_read_only_disk_is_one_line_without_a_log_it_cannot_have(tiny_dataset, checkpoint, tmp_path,
+                                                                               monkeypatch, capsys):
+    _read_only(monkeypatch, tmp_path)
+    code, err = run_main(_script("sweep").main, _sweep_argv(tiny_dataset, checkpoint, tmp_path), capsys)
+    one_line_error(code, err, 1, "Read-only file system")
+    assert "log.out" not in [line for line in err.splitlines() if ": error: " in line][0]

@@ -129,9 +129,10 @@ def build_trainer(job: TrainingJob, model: nn.Module, device: torch.device, **lo
 
 
 def build_train_loader(job: TrainingJob, rank: int = 0, world: int = 1):
-    """Training loader (every file checked and read once first): ``batch_size`` volumes per step, each giving 4 crops (MONAI's collate
+    """Training loader: ``batch_size`` volumes per step, each giving 4 crops (MONAI's collate
     flattens them: a batch holds ``4 * batch_size`` crops), ordered and augmented
-    reproducibly per epoch (:class:`data.sampling.EpochSampler`)."""
+    reproducibly per epoch (:class:`data.sampling.EpochSampler`). Every file is checked and
+    read once first."""
     from monai.data import DataLoader
 
     items = job.data.items("training")
@@ -209,6 +210,7 @@ def _train_process(job: TrainingJob, device: torch.device) -> TrainingResult:
 
 
 def _train_locked(job: TrainingJob, device: torch.device, model: nn.Module, rank: int, world: int) -> TrainingResult:
+    """The run, once its folder is locked: logging, ``args.json``, loaders, trainer, loop."""
     from utils.logs import setup_logging
 
     main = rank == 0

@@ -14,9 +14,9 @@ from utils.errors import UserError
 from utils.io import file_fingerprint, read_json, remove_stale_temporaries, same_content, write_json
 
 INPUTS_FILE = "inputs.json"
-"""The content of the files a run's numbers come from (:func:`utils.io.file_fingerprint` per role:
-the checkpoint, the saved volumes' generation report): a path that now holds other bytes
-(retrained weights saved over the old ones) makes the folder's finished cases stale."""
+"""The content of the files a run's numbers come from beyond its flags (:func:`utils.io.file_fingerprint`
+per role; the evaluation jobs record their checkpoint): a path that now holds other bytes (retrained
+weights saved over the old ones) makes the folder's finished cases stale."""
 
 SPLIT_TAGS = {"validation": "Ts", "training": "Tr"}
 """The release's infix of a split in the saved volumes' folder names (``imagesTsAdv``, ``imagesTrAdv``)."""
