@@ -81,7 +81,7 @@ def test_a_toy_model_runs_end_to_end(monkeypatch, tiny_dataset, tmp_path, capsys
     argv = eval_flags(tiny_dataset, path, tmp_path / "out", "--model_name", "toy-unet", "--unet_width", "2",
                   "--attack_name", "fgsm", "--eps", "4")
     assert gen.main(argv) == 0
-    results = json.loads((tmp_path / "out" / "fgsm_eps_4.0" / "results.json").read_text())
+    results = json.loads((tmp_path / "out" / "fgsm_eps_4.0_toy-unet" / "results.json").read_text())
     assert results["args"]["model_name"] == "toy-unet" and results["overall"]["n_cases"] == 1
     capsys.readouterr()
     # another width does not fit the checkpoint: one line naming the mismatch, exit 2
