@@ -227,7 +227,7 @@ def _train_process(job: TrainingJob, device: torch.device) -> TrainingResult:
     trainer = build_trainer(job, model, device, train_loader=train_loader, val_loader=val_loader,
                             val_indices=val_indices, run_dir=run_dir)
     if job.resume_from is not None:
-        trainer.restore(job.resume_from, restart=job.restart)
+        trainer.restore(job.resume_from, restart=job.restart, given=job.model.flags())
     return trainer.fit()
 
 
