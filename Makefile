@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all demo paper-demo bench clean
+.PHONY: venv test test-all demo readme-figures paper-demo bench clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,10 @@ DEMO_FLAGS = --feature_size 8 --hidden_size 96 --mlp_dim 192 --num_heads 4 --roi
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
+
+# the demo, then the README's demo tables and figure rewritten from it (a finished demo is reused)
+readme-figures: $(STAMP)
+	$(PY) scripts/readme_figures.py --out $(DEMO_OUT)
 
 # the demo's trained model and data (order-only: a newer venv does not retrain it)
 $(DEMO_OUT)/model/model_best.pt: | $(STAMP)
