@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all demo paper-demo robust-demo bench clean
+.PHONY: venv test test-all demo readme-figures paper-demo robust-demo bench clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,10 @@ DEMO_FLAGS = --feature_size 8 --hidden_size 96 --mlp_dim 192 --num_heads 4 --roi
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
 
+# the demo, then the README's demo tables and figure rewritten from it (a finished demo is reused)
+readme-figures: $(STAMP)
+	$(PY) scripts/readme_figures.py --out $(DEMO_OUT)
+
 # the demo's trained model and data (order-only: a newer venv does not retrain it). The stamp is made
 # only when the demo finished: a model_best.pt of a stopped training is not taken for a trained model
 # (and, not being a target, is never deleted by make when a signal ends the recipe).
@@ -55,5 +59,5 @@ paper-demo: $(DEMO_OUT)/model/.demo_finished | $(STAMP)
 
 # the paper's Table 6 on the demo data: the demo model fine-tuned clean, with PGD, VAFA and VAFT (both VAFA forms),
 # each attacked with PGD, FGSM, BIM, VAFA (both forms) and APGD, on CPU; a rerun reuses what is finished
-robust-demo: $(DEMO_OUT)/model/model_best.pt | $(STAMP)
+robust-demo: $(DEMO_OUT)/model/.demo_finished | $(STAMP)
 	$(PY) scripts/robust_demo.py --out $(ROBUST_DEMO_OUT) $(DEMO_FLAGS) $(ROBUST_DEMO_ARGS)

@@ -117,7 +117,7 @@ def add_attack_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, attacks: bool = True) -> None:
-    """Device, launch, precision flags; ``attacks=False`` leaves out those only an attacking script takes."""
+    """Device, launch, precision flags; ``attacks=False`` leaves those only an attacking script uses out of ``--help``."""
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default=None, type=str, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda when available)")
     g.add_argument("--seed", default=0, type=int, help="random seed")
@@ -132,10 +132,10 @@ def add_runtime_args(parser: argparse.ArgumentParser, attacks: bool = True) -> N
                         "float32). Default: fp32 for attacks and inference; training: the release's mixed precision "
                         "(fp16 with a gradient scaler on CUDA, fp32 on CPU, fp32 everywhere with --noamp)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (pays a one-off compile time)")
-    if attacks:
-        g.add_argument("--fused_dice_ce", action="store_true",
-                       help="the Dice-CE of attacks and training from one softmax with a written-out gradient: about "
-                            "2x faster on a CPU, same formula, other float rounding than the release's MONAI DiceCELoss")
+    g.add_argument("--fused_dice_ce", action="store_true",
+                   help="the Dice-CE of attacks and training from one softmax with a written-out gradient: about "
+                        "2x faster on a CPU, same formula, other float rounding than the release's MONAI DiceCELoss"
+                   if attacks else argparse.SUPPRESS)  # inference attacks nothing: accepted, not listed
 
 
 def add_inference_runtime_args(parser: argparse.ArgumentParser) -> None:
@@ -147,8 +147,10 @@ def add_eval_output_args(parser: argparse.ArgumentParser, inference: bool = Fals
     g = parser.add_argument_group("outputs")
     g.add_argument("--gen_val_adv_mode", action="store_true", help="use the validation split (default)")
     g.add_argument("--gen_train_adv_mode", action="store_true", help="use the training split")
-    if not inference:
-        g.add_argument("--save_adv_images_dir", default=None, type=str, help="parent folder of the run folder (generation)")
+    # generation-only flags: inference accepts them (one flag set may serve both scripts) but does not list them
+    hidden = argparse.SUPPRESS if inference else None
+    g.add_argument("--save_adv_images_dir", default=None, type=str,
+                   help=hidden or "parent folder of the run folder (generation)")
     g.add_argument("--adv_images_dir", default="", type=str, help="parent folder holding saved adversarial volumes (inference)")
     if inference:
         g.add_argument("--adv_run_dir", default=None, type=str,
@@ -159,8 +161,8 @@ def add_eval_output_args(parser: argparse.ArgumentParser, inference: bool = Fals
                    help="inference: where results go (default: <adv folder>/inference/<checkpoint's parent folder>_<checkpoint name>)")
     g.add_argument("--debugging", action="store_true", help="save nothing, create no folder")
     g.add_argument("--exp_name", default=None, type=str, help="experiment name (recorded in args.json)")
-    if not inference:
-        g.add_argument("--save_dtype", default="uint8", choices=("uint8", "float32"), help="saved volumes: uint8 x255 (release) or float32 in [0,1]")
+    g.add_argument("--save_dtype", default="uint8", choices=("uint8", "float32"),
+                   help=hidden or "saved volumes: uint8 x255 (release) or float32 in [0,1]")
     g.add_argument("--overwrite", action="store_true", help="start the run folder afresh instead of skipping finished cases")
     g.add_argument("--save_figures", action="store_true", help="one PNG per case: slices, perturbation, predictions")
     g.add_argument("--save_predictions", action="store_true",

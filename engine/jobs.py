@@ -52,15 +52,15 @@ def _eval_job(args: argparse.Namespace, run_dir: str | None, title: str, adv_fol
         model=model_settings(args), data=data_settings(args), window=window_settings(args),
         attack=attack_settings(args), checkpoint=args.pretrained_path,
         split=split_for_mode(args.gen_train_adv_mode), max_cases=args.max_cases, run_dir=run_dir,
-        adv_folder=adv_folder, save_dtype=getattr(args, "save_dtype", "uint8"), save_figures=args.save_figures,
+        adv_folder=adv_folder, save_dtype=args.save_dtype, save_figures=args.save_figures,
         overwrite=args.overwrite, seed=args.seed, verbose=args.verbose,
         title=title + (" [--debugging: nothing saved]" if args.debugging else "")
         + (f" [{args.precision} model passes]" if args.precision not in (None, "fp32") else "")
-        + (" [fused Dice-CE]" if getattr(args, "fused_dice_ce", False) else ""),
+        + (" [fused Dice-CE]" if args.fused_dice_ce and adv_folder is None else ""),
         launch=launch_settings(args), record=to_jsonable(vars(args)), runtime_keys=RUNTIME_FLAGS,
         path_keys=PATH_FLAGS, defaults={**flag_defaults(EVAL_GROUPS), **flag_defaults(INFERENCE_GROUPS)},
         precision=args.precision or "fp32", compile=args.compile,
-        finish_cases=args.finish_cases, fused_loss=getattr(args, "fused_dice_ce", False),
+        finish_cases=args.finish_cases, fused_loss=args.fused_dice_ce,
         save_predictions=args.save_predictions, skip_empty=getattr(args, "skip_empty_cases", False),
     )
 

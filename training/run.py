@@ -239,7 +239,7 @@ def _train_locked(job: TrainingJob, device: torch.device, model: nn.Module, rank
     trainer = build_trainer(job, model, device, train_loader=train_loader, val_loader=val_loader,
                             val_indices=val_indices, run_dir=run_dir)
     if job.resume_from is not None:
-        trainer.restore(job.resume_from, restart=job.restart)
+        trainer.restore(job.resume_from, restart=job.restart, given=job.model.flags())
     return trainer.fit()
 
 

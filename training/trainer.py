@@ -319,15 +319,17 @@ class Trainer:
             save_checkpoint(ckpt, os.path.join(self.run_dir, name))
         logger.debug("saved %s after epoch %d", ", ".join(filenames), epoch)
 
-    def restore(self, path: str, restart: bool = False) -> None:
+    def restore(self, path: str, restart: bool = False, given: Optional[Mapping[str, Any]] = None) -> None:
         """Continue from a checkpoint: weights, optimiser, scheduler, scaler, RNG states, epoch
         and best Dice; with ``restart`` (``--resume_but_restart``) the weights only.
+
+        ``given``: this run's model flags, named next to the checkpoint's own when the weights do not fit.
 
         Raises:
             UserError: unreadable checkpoint, or weights of another architecture / other flags.
         """
         ckpt = read_checkpoint(path)
-        info = load_model_weights(self.module, ckpt)
+        info = load_model_weights(self.module, ckpt, given=given)
         if restart:
             logger.info("weights of %s (epoch %s) loaded; starting a new run at epoch 0", path, info["epoch"])
             return

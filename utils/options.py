@@ -10,6 +10,7 @@ PGD's, BIM's and FGSM's); an option declared twice with different settings is an
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -139,8 +140,6 @@ def integral_float_spellings(options: Iterable[Option], values: Mapping[str, Any
     """Every other spelling older folder names may have used for ``values``: each float option
     holding a whole number written also as an int (``eps_4`` beside ``eps_4.0``), in all
     combinations; the canonical spelling itself is not among them."""
-    import itertools
-
     whole = [option.name for option in options if option.type is float and option.name in values
              and isinstance(values[option.name], float) and values[option.name].is_integer()]
     variants = []

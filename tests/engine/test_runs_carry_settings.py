@@ -110,3 +110,12 @@ def test_inference_help_lists_no_generation_flags(capsys):
     assert "--adv_run_dir" in text
     for flag in ("--save_adv_images_dir", "--save_dtype", "--fused_dice_ce"):
         assert flag not in text
+
+
+def test_training_from_a_checkpoint_takes_its_model_flags(trained, tiny_dataset):
+    import run_normal_or_adv_training as train
+
+    args = train.parse_args(data_flags(tiny_dataset.data_dir, tiny_dataset.json_name)
+                            + ["--pretrained_path", trained, "--debugging", "--max_epochs", "60"])
+    job = cli.training_job(args)
+    assert job.pretrained == trained and job.model.options["feature_size"] == 16 and job.model.roi == TINY_ROI

@@ -47,7 +47,7 @@ def white_box(tiny_dataset, tmp_path_factory):
                    "--save_adv_images_dir", str(out), "--attack_name", "fgsm", "--eps", "8",
                    "--save_dtype", "float32"])
         assert gen.main(argv) == 0
-        folder = out / "fgsm_eps_8.0"
+        folder = out / ("fgsm_eps_8.0" + ("" if name == "unet-r" else f"_{name}"))  # a model other than the release's is named
         runs[name] = dict(checkpoint=checkpoint, folder=str(folder),
                           results=json.loads((folder / "results.json").read_text())["overall"])
     return root, runs
