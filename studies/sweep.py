@@ -30,6 +30,7 @@ from engine.flags import PATH_FLAGS, RUNTIME_FLAGS
 from studies import paper_tables
 from utils.errors import UserError
 from utils.io import read_json, to_jsonable
+from utils.logs import setup_logging
 from utils.run_folder import RunLayout, changed_inputs, changed_settings
 
 logger = logging.getLogger(__name__)
@@ -363,7 +364,7 @@ def run_sweep(settings: SweepSettings, runner: Optional[Callable] = None) -> lis
             except UserError as err:
                 raise UserError(f"cell {cell.label!r}: {' '.join(str(err).split())}") from None
             finally:
-                cli.setup_logging(None, getattr(args, "verbose", False))  # back to the console only
+                setup_logging(None, getattr(args, "verbose", False))  # back to the console only
             if code:
                 raise _cell_failed(cell, code)
             report = finished_report(run_dir, args)

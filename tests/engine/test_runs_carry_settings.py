@@ -117,5 +117,5 @@ def test_training_from_a_checkpoint_takes_its_model_flags(trained, tiny_dataset)
 
     args = train.parse_args(data_flags(tiny_dataset.data_dir, tiny_dataset.json_name)
                             + ["--pretrained_path", trained, "--debugging", "--max_epochs", "60"])
-    job = cli.training_job(args)
+    job = jobs.training_job(args)
     assert job.pretrained == trained and job.model.options["feature_size"] == 16 and job.model.roi == TINY_ROI
