@@ -17,12 +17,12 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ATTACKS = {
-    "PGD (ε 4/255, 10 steps)": ["--attack_name", "pgd", "--steps", "10", "--eps", "4"],
-    "VAFA-3D slice (q_max 20, 10 steps)": ["--attack_name", "vafa-3d", "--q_max", "20", "--steps", "10",
-                                           "--block_size", "8", "8", "8", "--vafa_normalise", "slice"],
-    "VAFA-3D clip (q_max 20, 10 steps)": ["--attack_name", "vafa-3d", "--q_max", "20", "--steps", "10",
-                                          "--block_size", "8", "8", "8", "--vafa_normalise", "clip"],
-    "APGD (ε 4/255, 10 steps)": ["--attack_name", "apgd", "--steps", "10", "--eps", "4"],
+    "PGD (ε 4/255)": ["--attack_name", "pgd", "--eps", "4"],
+    "VAFA-3D slice (q_max 20)": ["--attack_name", "vafa-3d", "--q_max", "20", "--block_size", "8", "8", "8",
+                                 "--vafa_normalise", "slice"],
+    "VAFA-3D clip (q_max 20)": ["--attack_name", "vafa-3d", "--q_max", "20", "--block_size", "8", "8", "8",
+                                "--vafa_normalise", "clip"],
+    "APGD (ε 4/255)": ["--attack_name", "apgd", "--eps", "4"],
 }
 
 
@@ -34,11 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--raw", required=True, help="nnU-Net raw dataset folder")
     parser.add_argument("--out", required=True, help="parent of the run folders")
     parser.add_argument("--fold", default="0")
+    parser.add_argument("--steps", default="10", help="attack steps of every attack")
+    parser.add_argument("--max_cases", default=None, help="only the first N validation cases")
     args = parser.parse_args(argv)
     rows = {}
     for tta in ("none", "mirror"):
         for name, flags in ATTACKS.items():
             run_dir = os.path.join(args.out, tta, flags[1] + ("_" + flags[-1] if "vafa" in flags[1] else ""))
+            flags = flags + ["--steps", args.steps] + (["--max_cases", args.max_cases] if args.max_cases else [])
             argv_run = ["--model_name", "nnunet", "--nnunet_model_dir", args.model, "--nnunet_fold", args.fold,
                         "--dataset", "nnunet", "--data_dir", args.raw, "--tta", tta, *flags,
                         "--save_adv_images_dir", run_dir, "--no_sub_dir_adv_images", "--workers", "0"]
