@@ -6,7 +6,8 @@ Steps (all in ``--out``):
 1. phantom CT cases in nnU-Net's raw layout (``data.phantom.write_nnunet_raw_dataset``; two voxel spacings, so
    some cases are resampled);
 2. ``nnUNetv2_plan_and_preprocess`` (nnU-Net's planner, 3d_fullres);
-3. a short ``nnUNetTrainer`` run per fold on the CPU (``--iterations`` training iterations, one epoch), then
+3. a short ``nnUNetTrainer`` run per fold on the CPU (``--iterations`` training iterations, one epoch, initial
+   learning rate ``--lr``), then
    nnU-Net's own validation of the fold (``fold_K/validation/*.nii.gz``, made with mirroring);
 4. our clean predictions (``generate_adv_samples.py --model_name nnunet --dataset nnunet --save_predictions``)
    of fold 0's validation cases, compared with: nnU-Net's validation predictions (``--tta mirror``, fold 0),
@@ -14,7 +15,7 @@ Steps (all in ``--out``):
 
 Prints one line per comparison: the share of voxels where the two label maps agree, per case and overall.
 
-    python scripts/nnunet_oracle.py --out runs/nnunet_oracle --iterations 20
+    python scripts/nnunet_oracle.py --out runs/nnunet_oracle --iterations 60 --lr 0.03
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ TRAIN = """
 import sys, torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-pre, fold, iterations = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+pre, fold, iterations, lr = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 plans = load_json(pre + '/nnUNetPlans.json')
 plans['continue_training'] = False  # what nnunetv2.run.run_training sets before building the trainer
 trainer = nnUNetTrainer(plans, '3d_fullres', fold, load_json(pre + '/dataset.json'), device=torch.device('cpu'))
 trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch, trainer.num_epochs = iterations, 2, 1
+trainer.initial_lr = lr
 trainer.run_training()
 trainer.perform_actual_validation(False)
 """
@@ -54,7 +56,7 @@ def nnunet_env(out: str) -> dict:
     return env
 
 
-def prepare(out: str, iterations: int, folds: Sequence[int], n_cases: int, seed: int) -> str:
+def prepare(out: str, iterations: int, folds: Sequence[int], n_cases: int, seed: int, lr: float) -> str:
     """Raw dataset, nnU-Net's plans and preprocessing, trained folds; returns the trained-model folder."""
     from data.phantom_nnunet import write_nnunet_raw_dataset
 
@@ -64,7 +66,7 @@ def prepare(out: str, iterations: int, folds: Sequence[int], n_cases: int, seed:
     if not os.path.isfile(os.path.join(raw, "dataset.json")):
         write_nnunet_raw_dataset(raw, n_cases=n_cases, shape=(48, 48, 24),
                                  spacings=[(1.5, 1.5, 2.0), (1.5, 1.5, 2.0), (1.3, 1.3, 2.5)], seed=seed,
-                                 organs=[6, 1, 2])
+                                 organs=[6, 1])
     pre = os.path.join(env["nnUNet_preprocessed"], DATASET)
     if not os.path.isfile(os.path.join(pre, "nnUNetPlans.json")):
         subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"), "-d", "998",
@@ -72,7 +74,8 @@ def prepare(out: str, iterations: int, folds: Sequence[int], n_cases: int, seed:
                        env=dict(env, nnUNet_n_proc_DA="1"), check=True)  # the planner sets torch threads from it
     for fold in folds:
         if not os.path.isfile(os.path.join(model, f"fold_{fold}", "checkpoint_final.pth")):
-            subprocess.run([sys.executable, "-c", TRAIN, pre, str(fold), str(iterations)], env=env, check=True)
+            subprocess.run([sys.executable, "-c", TRAIN, pre, str(fold), str(iterations), str(lr)], env=env,
+                           check=True)
     return model
 
 
@@ -121,12 +124,12 @@ def agreement(ours: str, theirs: str, cases: Sequence[str]) -> dict:
     return {"overall": equal / total, "per_case": per_case}
 
 
-def run(out: str, iterations: int = 20, n_cases: int = 6, seed: int = 0) -> dict:
+def run(out: str, iterations: int = 20, n_cases: int = 6, seed: int = 0, lr: float = 0.01) -> dict:
     """The whole comparison; returns ``{comparison: agreement}`` and writes it to ``out/agreement.json``."""
     out = os.path.abspath(out)
     env = nnunet_env(out)
     os.environ["nnUNet_preprocessed"] = env["nnUNet_preprocessed"]  # where --dataset nnunet finds the splits
-    model = prepare(out, iterations, (0, 1), n_cases, seed)
+    model = prepare(out, iterations, (0, 1), n_cases, seed, lr)
     raw = os.path.join(env["nnUNet_raw"], DATASET)
     with open(os.path.join(env["nnUNet_preprocessed"], DATASET, "splits_final.json")) as f:
         cases = json.load(f)[0]["val"]
@@ -156,8 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=20, help="nnU-Net training iterations per fold")
     parser.add_argument("--cases", type=int, default=6, help="phantom cases")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=0.01, help="nnU-Net's initial learning rate (its default 0.01)")
     args = parser.parse_args(argv)
-    run(args.out, args.iterations, args.cases, args.seed)
+    run(args.out, args.iterations, args.cases, args.seed, args.lr)
     return 0
 
 
