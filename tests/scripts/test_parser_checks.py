@@ -9,7 +9,7 @@ import pytest
 import generate_adv_samples as gen
 import inference_on_saved_adv_samples as inf
 import run_normal_or_adv_training as train
-from engine import flags
+from engine.flags import default_workers
 from tests.scripts.helpers import data_flags, tiny_model_flags
 
 
@@ -44,7 +44,7 @@ def test_workers_default_fits_the_machine(tiny_dataset):
 
     argv = ["--data_dir", tiny_dataset.data_dir, "--json_list", tiny_dataset.json_name, "--debugging"]
     workers = train.parse_args(argv + tiny_model_flags()).workers  # no --workers typed
-    assert workers == flags.default_workers() and 0 <= workers <= min(4, len(os.sched_getaffinity(0)) - 1)
+    assert workers == default_workers() and 0 <= workers <= min(4, len(os.sched_getaffinity(0)) - 1)
 
 
 @pytest.mark.parametrize("parse", [gen.parse_args, inf.parse_args, train.parse_args])

@@ -9,6 +9,7 @@ import os
 import pytest
 
 import studies.sweep as sweep
+from engine import cli
 from studies.sweep_report import fmt
 from tests.scripts.helpers import data_flags, make_tiny_checkpoint, run_main, tiny_model_flags
 
@@ -140,7 +141,7 @@ def test_table6_vafa_block_yields_to_an_override_and_its_clip_column_does_not(fl
     assert {r["label"]: r["status"] for r in rows if r["attack"] == "vafa-3d"} == {"VAFA": "skipped", "VAFA clip": "skipped"}
     settings = sweep.SweepSettings(preset=preset, overrides=(*flags, "--block_size", "16", "16", "16",
                                                              "--vafa_normalise", "slice"), out=str(tmp_path))
-    parsed = {c.label: sweep.parse_cell(sweep.cell_argv(settings, c)) for c in preset.cells}
+    parsed = {c.label: cli.parse_generation_args(sweep.cell_argv(settings, c), raising=True) for c in preset.cells}
     assert parsed["VAFA"].block_size == parsed["VAFA clip"].block_size == (16, 16, 16)
     assert (parsed["VAFA"].vafa_normalise, parsed["VAFA clip"].vafa_normalise) == ("slice", "clip")
     assert parsed["APGD"].attack_name == "apgd" and parsed["APGD"].eps == 4
