@@ -19,14 +19,13 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from typing import Optional, Sequence
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import benchmark_device  # noqa: E402
+from benchmarks.common import benchmark_device, time_interleaved  # noqa: E402
 
 from attacks import PGD  # noqa: E402
 from benchmarks.bench_attacks import device_name  # noqa: E402
@@ -78,18 +77,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         attack = PGD(model, loss_fn, eps=4 / 255, alpha=0.01, steps=1, random_start=True)
         cases[name] = (attack, images, labels, roi, sum(p.numel() for p in model.parameters()))
 
-    times = {name: [] for name in cases}
     names = list(cases)
-    for rep in range(args.warmup + args.reps):
-        for name in names if rep % 2 == 0 else names[::-1]:
-            attack, images, labels, _, _ = cases[name]
-            sync()
-            start = time.perf_counter()
-            attack(images, labels)
-            sync()
-            if rep >= args.warmup:
-                times[name].append(time.perf_counter() - start)
-        print(f"rep {rep + 1}/{args.warmup + args.reps} done", file=sys.stderr, flush=True)
+    times = time_interleaved({name: (lambda c=cases[name]: c[0](c[1], c[2])) for name in names}, args.warmup,
+                             args.reps, sync)
 
     print(f"device: {device_name(device)} ({device.type}); torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"one PGD step (steps=1, random start, forward + backward to the input), batch {args.batch}, "

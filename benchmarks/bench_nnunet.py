@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from typing import Optional, Sequence
 
 import torch
@@ -26,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attacks import PGD  # noqa: E402
 from benchmarks.bench_attacks import device_name  # noqa: E402
-from benchmarks.common import benchmark_device  # noqa: E402
+from benchmarks.common import benchmark_device, time_interleaved  # noqa: E402
 from training.losses import build_dice_ce  # noqa: E402
 from networks import build_model  # noqa: E402
 
@@ -84,16 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         params = sum(p.numel() for p in model.parameters())
         cases[name] = (PGD(model, loss_fn, eps=4 / 255, alpha=0.01, steps=1, random_start=True), images, labels, roi,
                        params)
-    times = {name: [] for name in cases}
-    for rep in range(args.warmup + args.reps):
-        for name, (attack, images, labels, _, _) in cases.items():
-            sync()
-            start = time.perf_counter()
-            attack(images, labels)
-            sync()
-            if rep >= args.warmup:
-                times[name].append(time.perf_counter() - start)
-        print(f"rep {rep + 1}/{args.warmup + args.reps} done", file=sys.stderr, flush=True)
+    times = time_interleaved({name: (lambda c=case: c[0](c[1], c[2])) for name, case in cases.items()}, args.warmup,
+                             args.reps, sync)
     print(f"device: {device_name(device)} ({device.type}); torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"one PGD step (steps=1, forward + backward to the input), batch 1, {N_CLASSES} classes; "
           f"{args.reps} timed reps after {args.warmup} warm-up, interleaved")

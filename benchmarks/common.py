@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+import sys
+import time
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -15,3 +17,21 @@ def benchmark_device(name: str, threads: Optional[int]) -> Tuple[torch.device, C
         torch.set_num_threads(threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     return device, sync
+
+
+def time_interleaved(calls: Mapping[str, Callable[[], object]], warmup: int, reps: int,
+                     sync: Callable[[], None]) -> Dict[str, List[float]]:
+    """Seconds of each call over ``reps`` rounds after ``warmup`` untimed ones, the calls interleaved (in
+    turn, the order reversed every other round) so that a machine's drift falls on all of them alike."""
+    names = list(calls)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for rep in range(warmup + reps):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            sync()
+            start = time.perf_counter()
+            calls[name]()
+            sync()
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - start)
+        print(f"rep {rep + 1}/{warmup + reps} done", file=sys.stderr, flush=True)
+    return times
