@@ -142,7 +142,7 @@ def band_plot(bands: Sequence[str], energy_share: Sequence[float], dice: Optiona
 
 
 def robustness_plot(rows: Sequence[Mapping], path: str) -> str:
-    """Table 6 as a figure: Dice of each model clean and under each attack (left), and each model's clean Dice
+    """Table 6 as a figure: Dice of each model clean and under each attack (left, a dot per model), and each model's clean Dice
     against its Dice under each VAFA column and its worst over every attack (right).
 
     Args:
@@ -160,17 +160,17 @@ def robustness_plot(rows: Sequence[Mapping], path: str) -> str:
         dice[r["model"]][r["label"]] = r.get("dice_adv")
     fig, (ax_bars, ax_trade) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
     colours = plt.get_cmap("tab10")
-    width = 0.8 / max(1, len(models))
     xs = np.arange(len(columns))
-    for i, model in enumerate(models):
+    offset = 0.6 / max(1, len(models))
+    for i, model in enumerate(models):  # a dot per model and column: differences of a point stay visible
         values = [dice[model].get(c) for c in columns]
-        ax_bars.bar(xs + (i - (len(models) - 1) / 2) * width, [np.nan if v is None else v for v in values],
-                    width=width, color=colours(i % 10), label=model)
+        ax_bars.plot(xs + (i - (len(models) - 1) / 2) * offset, [np.nan if v is None else v for v in values],
+                     "o-", lw=0.8, ms=5, color=colours(i % 10), label=model)
     ax_bars.set_xticks(xs)
     ax_bars.set_xticklabels(columns, fontsize=8)
     ax_bars.set(ylabel="Dice (%)", title="Dice of each model, clean and under each attack")
     ax_bars.grid(alpha=0.3, axis="y")
-    ax_bars.legend(fontsize=7, ncol=2)
+    ax_bars.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     vafa = [c for c in columns if c.startswith("VAFA")]
     markers = dict(zip(vafa, ("o", "^", "s", "D")))
     for i, model in enumerate(models):
