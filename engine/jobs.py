@@ -84,7 +84,11 @@ def inference_job(args: argparse.Namespace):
     if args.adv_run_dir:
         folder = os.path.normpath(args.adv_run_dir)
     else:
-        folder = existing_or_new(args.adv_images_dir, [""] if args.no_sub_dir_adv_images else run_folder_names(args))
+        # the volumes may come from another model (or precision) than the one evaluated: its own
+        # name first, then the attack's name alone (the release's model, fp32)
+        names = [""] if args.no_sub_dir_adv_images else list(dict.fromkeys(run_folder_names(args)
+                                                                            + attack.folder_names()))
+        folder = existing_or_new(args.adv_images_dir, names)
     if not os.path.isdir(folder):
         hint = "" if args.no_sub_dir_adv_images or args.adv_run_dir else (
             " (the attack flags name the sub-folder; pass --adv_run_dir with the run folder itself, or "

@@ -73,7 +73,7 @@ def commit() -> str:
 
 def rebuild(readme: str, reports: dict, docs: str, epochs: int) -> None:
     """Rewrite the owned blocks of ``readme`` from ``reports`` (see :func:`demo_reports`)."""
-    stamp = f"<sub>`{COMMAND}` at commit {commit()} ({epochs} training epochs)</sub>\n"
+    stamp = f"<sub>`{COMMAND}` at commit {commit()} ({epochs} training epoch{'' if epochs == 1 else 's'})</sub>\n"
     with open(readme, encoding="utf-8") as f:
         text = f.read()
     text = replace_block(text, "demo-table", demo.comparison_table(reports) + "\n\n" + stamp)

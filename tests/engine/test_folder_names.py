@@ -76,3 +76,12 @@ def test_every_attack_names_an_int_and_a_float_value_alike(name):
                 for k, v in values.items()}
     assert cls.folder_name(values) == cls.folder_name(as_float)
     assert cls.folder_names(values)[0] == cls.folder_name(values)
+
+
+def test_inference_of_another_model_finds_the_release_models_volumes(flags, tmp_path):
+    (tmp_path / "pgd_alpha_0.01_eps_4.0_i_20").mkdir()  # generated with unet-r
+    argv = flags + ["--adv_images_dir", str(tmp_path), "--attack_name", "pgd", "--model_name", "unet",
+                    "--feature_size", "8"]
+    assert cli.inference_job(inf.parse_args(argv)).adv_folder == str(tmp_path / "pgd_alpha_0.01_eps_4.0_i_20")
+    (tmp_path / "pgd_alpha_0.01_eps_4.0_i_20_unet").mkdir()  # the evaluated model's own volumes win
+    assert cli.inference_job(inf.parse_args(argv)).adv_folder.endswith("_unet")

@@ -61,6 +61,7 @@ def test_a_readme_without_the_markers_is_refused(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the demo's attacks are full size (1 training epoch only): minutes on a shared CPU
 def test_the_whole_command_at_tiny_size(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(README)
