@@ -28,7 +28,7 @@ def test_predictions_overlay_the_original_image(tiny_dataset, tmp_path):
                       "--eps", "8", "--no_sub_dir_adv_images", "--save_predictions")
     assert gen.main(argv) == 0
     item = tiny_dataset.validation[0]
-    name = os.path.basename(item["image"])
+    name = os.path.basename(item["label"])  # named like the case's label file, as nnU-Net names predictions
     original = nib.load(item["image"])
     saved = {kind: nib.load(str(tmp_path / "out" / f"predTs{kind}" / name)) for kind in ("Clean", "Adv")}
     for image in saved.values():
@@ -53,5 +53,5 @@ def test_a_finished_case_without_its_predictions_is_done_again(tiny_dataset, tmp
     assert gen.main(argv) == 0
     assert not (tmp_path / "out" / "predTsClean").exists()
     assert gen.main(argv + ["--save_predictions"]) == 0  # resumes the same run folder
-    name = os.path.basename(tiny_dataset.validation[0]["image"])
+    name = os.path.basename(tiny_dataset.validation[0]["label"])
     assert (tmp_path / "out" / "predTsAdv" / name).exists()
