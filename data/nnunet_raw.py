@@ -35,12 +35,7 @@ from typing import Optional
 import numpy as np
 
 from utils.errors import UserError
-
-
-def _require():
-    from utils.nnunet_folder import require_nnunetv2
-
-    return require_nnunetv2()
+from utils.nnunet_plans import NnUNetFolder, require_nnunetv2
 
 
 def _read_json(path: str) -> dict:
@@ -84,8 +79,6 @@ def nnunet_items(settings, split: str) -> list[dict]:
     Raises:
         UserError: no model folder, splits or files missing, a fold the splits lack.
     """
-    from utils.nnunet_folder import NnUNetFolder
-
     data_dir = settings.data_dir
     dataset = raw_dataset_json(data_dir)
     folder = NnUNetFolder.read(settings.nnunet_model_dir)
@@ -120,9 +113,7 @@ class NnUNetCaseLoader:
     """
 
     def __init__(self, model_dir: str, data_dir: str):
-        from utils.nnunet_folder import NnUNetFolder
-
-        _require()
+        require_nnunetv2()
         self.folder = NnUNetFolder.read(model_dir)
         self.dataset_json = raw_dataset_json(data_dir)
         self.windows = [self.folder.intensity_window(c) for c in range(len(self.folder.channel_names))]
@@ -195,3 +186,4 @@ def nnunet_class_names(settings) -> list:
     labels = raw_dataset_json(settings.data_dir).get("labels", {})
     by_value = {v: k for k, v in labels.items() if isinstance(v, int)}
     return [by_value.get(i, f"class_{i}") for i in range(len(by_value))]
+

@@ -37,11 +37,10 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UserError
-from utils.nnunet_folder import INSTALL_HINT, NnUNetFolder, require_nnunetv2  # noqa: F401  (handed on)
+from utils.nnunet_plans import INSTALL_HINT, NnUNetFolder, require_nnunetv2  # noqa: F401 - re-exported
 from utils.options import Option
 
 logger = logging.getLogger(__name__)
-
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 """The checkpoints nnU-Net writes into each ``fold_K`` folder."""

@@ -82,6 +82,6 @@ def test_inference_of_another_model_finds_the_release_models_volumes(flags, tmp_
     (tmp_path / "pgd_alpha_0.01_eps_4.0_i_20").mkdir()  # generated with unet-r
     argv = flags + ["--adv_images_dir", str(tmp_path), "--attack_name", "pgd", "--model_name", "unet",
                     "--feature_size", "8"]
-    assert cli.inference_job(inf.parse_args(argv)).adv_folder == str(tmp_path / "pgd_alpha_0.01_eps_4.0_i_20")
+    assert jobs.inference_job(inf.parse_args(argv)).adv_folder == str(tmp_path / "pgd_alpha_0.01_eps_4.0_i_20")
     (tmp_path / "pgd_alpha_0.01_eps_4.0_i_20_unet").mkdir()  # the evaluated model's own volumes win
-    assert cli.inference_job(inf.parse_args(argv)).adv_folder.endswith("_unet")
+    assert jobs.inference_job(inf.parse_args(argv)).adv_folder.endswith("_unet")

@@ -28,7 +28,7 @@ def test_predictions_overlay_the_original_image(tiny_dataset, tmp_path):
                       "--eps", "8", "--no_sub_dir_adv_images", "--save_predictions")
     assert gen.main(argv) == 0
     item = tiny_dataset.validation[0]
-    name = os.path.basename(item["label"])  # predictions are named as the label files, as nnU-Net names them
+    name = os.path.basename(item["label"])  # named like the case's label file, as nnU-Net names predictions
     original = nib.load(item["image"])
     saved = {kind: nib.load(str(tmp_path / "out" / f"predTs{kind}" / name)) for kind in ("Clean", "Adv")}
     for image in saved.values():

@@ -1,10 +1,8 @@
-"""Reading an nnU-Net v2 trained-model folder: ``plans.json``, ``dataset.json`` and the configuration.
+"""What an nnU-Net v2 trained-model folder says: ``plans.json``, ``dataset.json``, its configuration.
 
-nnU-Net (Isensee et al., Nature Methods 2021; public code MIC-DKFZ/nnUNet, v2) writes a trained model as
-``nnUNet_results/DatasetXXX_Name/<Trainer>__<Plans>__<configuration>/``. The model (:mod:`networks.nnunet`)
-and the dataset (:mod:`data.nnunet_raw`) both read the folder through :class:`NnUNetFolder`.
-``nnunetv2`` is needed only for nnU-Net models; without it they are refused with one line naming the
-install command.
+Shared by the nnU-Net model (:mod:`networks.nnunet`) and nnU-Net's raw dataset layout
+(:mod:`data.nnunet_raw`). ``nnunetv2`` is imported only where its own code is used
+(:func:`require_nnunetv2` names the install command when it is missing).
 """
 
 from __future__ import annotations
