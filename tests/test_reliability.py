@@ -658,7 +658,7 @@ def test_frequency_bands_faults_are_one_line(finished, tmp_path, monkeypatch, ca
 def _tiny_training(dataset, folder, *extra):
     return ["--data_dir", dataset.data_dir, "--json_list", dataset.json_name, "--workers", "0", "--device", "cpu",
             "--feature_size", "8", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4",
-            "--roi_x", "32", "--roi_y", "32", "--roi_z", "16", "--max_epochs", "1", "--val_every", "1",
+            "--roi_x", "32", "--roi_y", "32", "--roi_z", "16", "--max_epochs", "1", "--val_every", "1", "--warmup_epochs", "0",
             "--save_checkpoint", "--save_model_dir", str(folder), *extra]
 
 
