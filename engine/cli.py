@@ -418,7 +418,8 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
         workers=args.workers, flip_prob=args.RandFlipd_prob, rotate90_prob=args.RandRotate90d_prob,
         scale_intensity_prob=args.RandScaleIntensityd_prob, shift_intensity_prob=args.RandShiftIntensityd_prob,
         use_normal_dataset=args.use_normal_dataset, crop_sampling=args.crop_sampling,
-        nnunet_model_dir=args.nnunet_model_dir, nnunet_fold=str(args.nnunet_fold[0]),
+        nnunet_model_dir=getattr(args, "nnunet_model_dir", None),  # model flags: absent from a data-only namespace
+        nnunet_fold=str(getattr(args, "nnunet_fold", ("0",))[0]),
     )
 
 
