@@ -425,7 +425,8 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
 
 def window_settings(args: argparse.Namespace) -> WindowSettings:
     return WindowSettings(roi=(args.roi_x, args.roi_y, args.roi_z), sw_batch_size=args.sw_batch_size,
-                          overlap=args.infer_overlap, blend=getattr(args, "sw_blend", None) or "constant")  # older args.json
+                          overlap=args.infer_overlap,
+                          blend=getattr(args, "sw_blend", None) or "constant")  # an older args.json lacks it
 
 
 def launch_settings(args: argparse.Namespace) -> LaunchSettings:
