@@ -365,6 +365,8 @@ def parse(description: str, argv: Sequence[str] | None, groups: Iterable[Callabl
         add(parser)
     _DEFAULTS.clear()
     _DEFAULTS.update(to_jsonable({a.dest: a.default for a in parser._actions if a.dest != "help"}))
+    # flags whose unset value is resolved later: an older run folder lacking one ran with the fallback
+    _DEFAULTS.update({k: v for k, v in MODEL_FLAG_FALLBACKS.items() if _DEFAULTS.get(k, 0) is None})
     args = parser.parse_args(argv)
     for check in checks:
         check(args, parser)
