@@ -240,11 +240,14 @@ def parse(description: str, argv: Sequence[str] | None, groups: Iterable[Callabl
 
 
 def flag_defaults(groups: Iterable[Callable]) -> dict:
-    """Every flag's default of the parser built from ``groups`` (an older run folder lacks newer flags)."""
+    """Every flag's default of the parser built from ``groups`` (an older run folder lacks newer flags);
+    a flag whose unset value is resolved later counts as its fallback, which an older run ran with."""
     parser = make_parser("")
     for add in groups:
         add(parser)
-    return to_jsonable({a.dest: a.default for a in parser._actions if a.dest != "help"})
+    defaults = to_jsonable({a.dest: a.default for a in parser._actions if a.dest != "help"})
+    defaults.update({k: v for k, v in MODEL_FLAG_FALLBACKS.items() if defaults.get(k, 0) is None})
+    return defaults
 
 
 MODEL_FLAGS = ("model_name", "in_channels", "out_channels", "roi_x", "roi_y", "roi_z")
@@ -388,13 +391,15 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
         workers=args.workers, flip_prob=args.RandFlipd_prob, rotate90_prob=args.RandRotate90d_prob,
         scale_intensity_prob=args.RandScaleIntensityd_prob, shift_intensity_prob=args.RandShiftIntensityd_prob,
         use_normal_dataset=args.use_normal_dataset, crop_sampling=args.crop_sampling,
-        nnunet_model_dir=args.nnunet_model_dir, nnunet_fold=str(args.nnunet_fold[0]),
+        nnunet_model_dir=getattr(args, "nnunet_model_dir", None),  # model flags: absent from a data-only namespace
+        nnunet_fold=str(getattr(args, "nnunet_fold", ("0",))[0]),
     )
 
 
 def window_settings(args: argparse.Namespace) -> WindowSettings:
     return WindowSettings(roi=(args.roi_x, args.roi_y, args.roi_z), sw_batch_size=args.sw_batch_size,
-                          overlap=args.infer_overlap, blend=args.sw_blend)
+                          overlap=args.infer_overlap,
+                          blend=getattr(args, "sw_blend", None) or "constant")  # an older args.json lacks it
 
 
 def launch_settings(args: argparse.Namespace) -> LaunchSettings:
