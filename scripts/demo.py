@@ -78,6 +78,14 @@ def attack(argv: list[str]) -> str:
     return job.run_dir
 
 
+def attack_folder(argv: list[str]) -> str:
+    """The name ``generate_adv_samples.py`` gives the run folder of an attack step (``make readme-figures``
+    finds the demo's runs by it)."""
+    from engine.jobs import adv_subdir_name
+
+    return adv_subdir_name(generate_adv_samples.parse_args(argv))
+
+
 def epochs_done(model_dir: str) -> int:
     """Epochs the demo's training has finished (its ``model_latest.pt``), 0 when none."""
     from networks.checkpoint import read_checkpoint

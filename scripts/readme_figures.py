@@ -57,7 +57,7 @@ def demo_reports(out: str) -> dict:
     reports = {}
     for title, attack in demo.ATTACKS.items():
         argv = demo.MODEL + ["--data_dir", data_dir, "--pretrained_path", checkpoint, "--debugging", *attack]
-        run_dir = os.path.join(out, "adversarial", demo._subdir(argv))
+        run_dir = os.path.join(out, "adversarial", demo.attack_folder(argv))
         with open(os.path.join(run_dir, "results.json")) as f:
             reports[title] = (json.load(f)["overall"], run_dir)
     return reports

@@ -34,7 +34,7 @@ def _fake_demo(out):
     """The demo's three run folders (results.json, one figure) without running anything."""
     data = ["--data_dir", str(out / "data"), "--pretrained_path", str(out / "model" / "model_best.pt"), "--debugging"]
     for i, attack in enumerate(demo.ATTACKS.values()):
-        run_dir = out / "adversarial" / demo._subdir(demo.MODEL + data + attack)
+        run_dir = out / "adversarial" / demo.attack_folder(demo.MODEL + data + attack)
         (run_dir / "figures").mkdir(parents=True)
         (run_dir / "results.json").write_text(json.dumps({"overall": _overall(60.0 + i)}))
         (run_dir / "figures" / "img0001.png").write_bytes(b"png" + bytes([i]))
