@@ -100,6 +100,7 @@ class DataSettings:
     crop_sampling: str = "posneg"
     nnunet_model_dir: Optional[str] = None
     nnunet_fold: str = "0"
+    nnunet_cases: str = "fold"
 
     @property
     def spec(self) -> DatasetSpec:

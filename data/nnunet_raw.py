@@ -73,14 +73,31 @@ def find_splits(model_dir: Optional[str], dataset_name: str) -> str:
                     "the model folder or set $nnUNet_preprocessed (--dataset nnunet evaluates a fold's cases)")
 
 
+def _test_cases(data_dir: str, ending: str) -> list[str]:
+    """The case ids of ``imagesTs/`` (``<case>_<XXXX><ending>``, one file per channel), sorted."""
+    folder = os.path.join(data_dir, "imagesTs")
+    if not os.path.isdir(folder):
+        raise UserError(f"--nnunet_cases test: {folder} not found; the raw dataset keeps its test images in imagesTs/ "
+                        "(with their labels in labelsTs/)")
+    cases = sorted({name[: -len(ending)].rsplit("_", 1)[0] for name in os.listdir(folder) if name.endswith(ending)})
+    if not cases:
+        raise UserError(f"--nnunet_cases test: no *{ending} image in {folder}")
+    return cases
+
+
 def nnunet_items(settings, split: str) -> list[dict]:
-    """The fold's cases: ``{"image": first channel file, "channels": [files], "label": file, "case": id}``.
+    """The cases evaluated: ``{"image": first channel file, "channels": [files], "label": file, "case": id}``;
+    the fold's (``splits_final.json``), or with ``nnunet_cases="test"`` every case of ``imagesTs/``
+    (labels in ``labelsTs/``).
 
     Raises:
         UserError: no model folder, splits or files missing, a fold the splits lack.
     """
     data_dir = settings.data_dir
     dataset = raw_dataset_json(data_dir)
+    if getattr(settings, "nnunet_cases", "fold") == "test":
+        ending = dataset.get("file_ending", ".nii.gz")
+        return _case_items(data_dir, "Ts", _test_cases(data_dir, ending), dataset, "imagesTs/")
     folder = NnUNetFolder.read(settings.nnunet_model_dir)
     splits = _read_json(find_splits(folder.path, os.path.basename(os.path.normpath(data_dir))))
     fold = settings.nnunet_fold
@@ -88,16 +105,20 @@ def nnunet_items(settings, split: str) -> list[dict]:
         raise UserError(f"--nnunet_fold {fold}: splits_final.json has folds 0..{len(splits) - 1}; the cases "
                         "evaluated are the first --nnunet_fold's validation cases")
     cases = splits[int(fold)]["train" if split == "training" else "val"]
+    return _case_items(data_dir, "Tr", cases, dataset, f"fold {fold} in splits_final.json")
+
+
+def _case_items(data_dir: str, tag: str, cases: list, dataset: dict, source: str) -> list[dict]:
+    """Each case's channel files of ``images<tag>/`` and label of ``labels<tag>/``, checked to exist."""
     ending = dataset.get("file_ending", ".nii.gz")
     channels = len(dataset.get("channel_names", dataset.get("modality", {})))
     items = []
     for case in cases:
-        files = [os.path.join(data_dir, "imagesTr", f"{case}_{c:04d}{ending}") for c in range(channels)]
-        label = os.path.join(data_dir, "labelsTr", f"{case}{ending}")
+        files = [os.path.join(data_dir, f"images{tag}", f"{case}_{c:04d}{ending}") for c in range(channels)]
+        label = os.path.join(data_dir, f"labels{tag}", f"{case}{ending}")
         for path in files + [label]:
             if not os.path.isfile(path):
-                raise UserError(f"{path} not found: case {case} of fold {fold} in splits_final.json has no such "
-                                f"file in {data_dir}")
+                raise UserError(f"{path} not found: case {case} of {source} has no such file in {data_dir}")
         items.append({"image": files[0], "channels": files, "label": label, "case": case})
     return items
 

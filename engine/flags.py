@@ -97,6 +97,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--crop_sampling", default="posneg", choices=CROP_SAMPLINGS,
                    help="training crops: posneg (release: centred on foreground or background alike) or classes "
                         "(centred on each class alike: small organs as often as the liver)")
+    g.add_argument("--nnunet_cases", default="fold", choices=("fold", "test"),
+                   help="--dataset nnunet: fold (the first --nnunet_fold's validation cases of splits_final.json; its "
+                        "training cases with --gen_train_adv_mode) or test (every case of imagesTs/, with labelsTs/)")
 
 
 def add_pretrained_args(parser: argparse.ArgumentParser) -> None:

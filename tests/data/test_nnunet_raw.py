@@ -93,3 +93,36 @@ def test_missing_splits_is_one_line(setup, tmp_path, capsys, monkeypatch):
     code, err = run_main(gen.main, argv, capsys)
     assert code == 2 and "Traceback" not in err and err.count("error:") == 1
     assert "splits_final.json not found" in err
+
+
+def test_test_cases_come_from_images_ts_with_their_labels(setup, tmp_path, capsys):
+    """``--nnunet_cases test`` evaluates every case of ``imagesTs/`` (labels from ``labelsTs/``), not the fold's;
+    a copy of a validation case there is predicted exactly as the fold run predicts it."""
+    import shutil
+
+    raw, model = setup
+    copy = tmp_path / "raw" / os.path.basename(raw)
+    shutil.copytree(raw, copy)
+    (copy / "imagesTs").mkdir()
+    (copy / "labelsTs").mkdir()
+    shutil.copy(copy / "imagesTr" / "case_0001_0000.nii.gz", copy / "imagesTs" / "test_0007_0000.nii.gz")
+    shutil.copy(copy / "labelsTr" / "case_0001.nii.gz", copy / "labelsTs" / "test_0007.nii.gz")
+    base = ["--model_name", "nnunet", "--nnunet_model_dir", model, "--dataset", "nnunet", "--data_dir", str(copy),
+            "--attack_name", "gn", "--std", "4", "--save_predictions", "--no_sub_dir_adv_images", "--workers", "0",
+            "--device", "cpu"]
+    code, err = run_main(gen.main, base + ["--nnunet_cases", "test", "--save_adv_images_dir", str(tmp_path / "test")],
+                         capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "test" / "results.json").read_text())
+    assert results["overall"]["n_cases"] == 1 and results["args"]["nnunet_cases"] == "test"
+    code, err = run_main(gen.main, base + ["--max_cases", "2", "--save_adv_images_dir", str(tmp_path / "fold")], capsys)
+    assert code == 0, err
+    import nibabel as nib
+
+    ours = np.asarray(nib.load(str(tmp_path / "test" / "predTsClean" / "test_0007.nii.gz")).dataobj)
+    fold = np.asarray(nib.load(str(tmp_path / "fold" / "predTsClean" / "case_0001.nii.gz")).dataobj)
+    assert np.array_equal(ours, fold)
+    shutil.rmtree(copy / "labelsTs")
+    code, err = run_main(gen.main, base + ["--nnunet_cases", "test", "--save_adv_images_dir", str(tmp_path / "t2")],
+                         capsys)
+    assert code == 2 and "labelsTs" in err and "Traceback" not in err
