@@ -53,6 +53,7 @@ from engine import cli, jobs  # noqa: E402
 from engine.flags import RUNTIME_FLAGS  # noqa: E402
 from studies import paper_tables  # noqa: E402
 from studies.sweep import TABLE6_ATTACKS  # noqa: E402
+from utils.distributed import StopRequested  # noqa: E402
 from utils.logs import setup_logging  # noqa: E402
 from utils.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 from utils.io import read_json, to_jsonable, write_bytes, write_json  # noqa: E402
@@ -401,8 +402,8 @@ def main(argv=None) -> int:
     except UserError as err:
         sys.stderr.write(f"{PROG}: error: {' '.join(str(err).split())}\n")
         return EXIT_USER_ERROR
-    except (Stopped, KeyboardInterrupt) as stop:
-        signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT.value
+    except (Stopped, StopRequested, KeyboardInterrupt) as stop:  # StopRequested: an evaluation cell's safe point
+        signum = int(stop.signum) if isinstance(stop, (Stopped, StopRequested)) else signal.SIGINT.value
         sys.stderr.write(f"{PROG}: stopped by {signal.Signals(signum).name}: finished models and evaluation cells "
                          "are kept; run the same command again to continue\n")
         return 128 + signum
