@@ -31,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-DATASET = "Dataset998_Phantom"
+DATASETS = {1: ("998", "Dataset998_Phantom"), 2: ("997", "Dataset997_Phantom2ch")}
+"""nnU-Net dataset id and folder of the 1-channel (CT) and the 2-channel (CT + MR-like) phantom."""
 CONFIGURATION = "3d_fullres"
 
 TRAIN = """
@@ -56,20 +57,22 @@ def nnunet_env(out: str) -> dict:
     return env
 
 
-def prepare(out: str, iterations: int, folds: Sequence[int], n_cases: int, seed: int, lr: float) -> str:
+def prepare(out: str, iterations: int, folds: Sequence[int], n_cases: int, seed: int, lr: float,
+            channels: int = 1) -> str:
     """Raw dataset, nnU-Net's plans and preprocessing, trained folds; returns the trained-model folder."""
     from data.phantom_nnunet import write_nnunet_raw_dataset
 
     env = nnunet_env(out)
-    raw = os.path.join(env["nnUNet_raw"], DATASET)
-    model = os.path.join(env["nnUNet_results"], DATASET, f"nnUNetTrainer__nnUNetPlans__{CONFIGURATION}")
+    number, dataset = DATASETS[channels]
+    raw = os.path.join(env["nnUNet_raw"], dataset)
+    model = os.path.join(env["nnUNet_results"], dataset, f"nnUNetTrainer__nnUNetPlans__{CONFIGURATION}")
     if not os.path.isfile(os.path.join(raw, "dataset.json")):
         write_nnunet_raw_dataset(raw, n_cases=n_cases, shape=(48, 48, 24),
                                  spacings=[(1.5, 1.5, 2.0), (1.5, 1.5, 2.0), (1.3, 1.3, 2.5)], seed=seed,
-                                 organs=[6, 1])
-    pre = os.path.join(env["nnUNet_preprocessed"], DATASET)
+                                 organs=[6, 1], channels=channels)
+    pre = os.path.join(env["nnUNet_preprocessed"], dataset)
     if not os.path.isfile(os.path.join(pre, "nnUNetPlans.json")):
-        subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"), "-d", "998",
+        subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"), "-d", number,
                         "-c", CONFIGURATION, "-np", "1", "--verify_dataset_integrity"],
                        env=dict(env, nnUNet_n_proc_DA="1"), check=True)  # the planner sets torch threads from it
     for fold in folds:
@@ -80,7 +83,7 @@ def prepare(out: str, iterations: int, folds: Sequence[int], n_cases: int, seed:
 
 
 def nnunet_predictions(model: str, cases: Sequence[str], raw: str, folds: Sequence[int], mirror: bool,
-                       out: str) -> None:
+                       out: str, channels: int = 1) -> None:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -89,7 +92,8 @@ def nnunet_predictions(model: str, cases: Sequence[str], raw: str, folds: Sequen
                                 verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model, use_folds=tuple(folds))
     os.makedirs(out, exist_ok=True)
-    predictor.predict_from_files_sequential([[f"{raw}/imagesTr/{c}_0000.nii.gz"] for c in cases], out,
+    files = [[f"{raw}/imagesTr/{c}_{k:04d}.nii.gz" for k in range(channels)] for c in cases]
+    predictor.predict_from_files_sequential(files, out,
                                             save_probabilities=False, overwrite=True,
                                             folder_with_segs_from_prev_stage=None)
 
@@ -124,25 +128,26 @@ def agreement(ours: str, theirs: str, cases: Sequence[str]) -> dict:
     return {"overall": equal / total, "per_case": per_case}
 
 
-def run(out: str, iterations: int = 20, n_cases: int = 6, seed: int = 0, lr: float = 0.01) -> dict:
+def run(out: str, iterations: int = 20, n_cases: int = 6, seed: int = 0, lr: float = 0.01, channels: int = 1) -> dict:
     """The whole comparison; returns ``{comparison: agreement}`` and writes it to ``out/agreement.json``."""
     out = os.path.abspath(out)
     env = nnunet_env(out)
     os.environ["nnUNet_preprocessed"] = env["nnUNet_preprocessed"]  # where --dataset nnunet finds the splits
-    model = prepare(out, iterations, (0, 1), n_cases, seed, lr)
-    raw = os.path.join(env["nnUNet_raw"], DATASET)
-    with open(os.path.join(env["nnUNet_preprocessed"], DATASET, "splits_final.json")) as f:
+    model = prepare(out, iterations, (0, 1), n_cases, seed, lr, channels)
+    dataset = DATASETS[channels][1]
+    raw = os.path.join(env["nnUNet_raw"], dataset)
+    with open(os.path.join(env["nnUNet_preprocessed"], dataset, "splits_final.json")) as f:
         cases = json.load(f)[0]["val"]
     results = {}
     ours = our_predictions(model, raw, (0,), "mirror", os.path.join(out, "ours_fold0_mirror"))
     results["fold 0, mirroring: ours vs nnU-Net's own validation"] = agreement(
         ours, os.path.join(model, "fold_0", "validation"), cases)
     ours = our_predictions(model, raw, (0,), "none", os.path.join(out, "ours_fold0_none"))
-    nnunet_predictions(model, cases, raw, (0,), False, os.path.join(out, "nnunet_fold0_none"))
+    nnunet_predictions(model, cases, raw, (0,), False, os.path.join(out, "nnunet_fold0_none"), channels)
     results["fold 0, no mirroring: ours vs nnUNetPredictor"] = agreement(
         ours, os.path.join(out, "nnunet_fold0_none"), cases)
     ours = our_predictions(model, raw, (0, 1), "mirror", os.path.join(out, "ours_folds01_mirror"))
-    nnunet_predictions(model, cases, raw, (0, 1), True, os.path.join(out, "nnunet_folds01_mirror"))
+    nnunet_predictions(model, cases, raw, (0, 1), True, os.path.join(out, "nnunet_folds01_mirror"), channels)
     results["folds 0+1, mirroring: ours vs nnUNetPredictor"] = agreement(
         ours, os.path.join(out, "nnunet_folds01_mirror"), cases)
     with open(os.path.join(out, "agreement.json"), "w") as f:
@@ -160,8 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=6, help="phantom cases")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=0.01, help="nnU-Net's initial learning rate (its default 0.01)")
+    parser.add_argument("--channels", type=int, default=1, choices=(1, 2),
+                        help="1: CT; 2: CT and an MR-like channel that nnU-Net z-scores")
     args = parser.parse_args(argv)
-    run(args.out, args.iterations, args.cases, args.seed, args.lr)
+    run(args.out, args.iterations, args.cases, args.seed, args.lr, args.channels)
     return 0
 
 
