@@ -69,7 +69,7 @@ class TinyDataset:
             roi_x=self.roi[0], roi_y=self.roi[1], roi_z=self.roi[2],
             RandFlipd_prob=0.2, RandRotate90d_prob=0.2, RandScaleIntensityd_prob=0.1, RandShiftIntensityd_prob=0.1,
             workers=0, batch_size=1, use_normal_dataset=False, crop_sampling="posneg", gen_train_adv_mode=False, out_channels=14,
-            nnunet_model_dir=None, nnunet_fold=("0",),
+            nnunet_model_dir=None, nnunet_fold=("0",), nnunet_cases="fold",
         )
         values.update(overrides)
         return argparse.Namespace(**values)
