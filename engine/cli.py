@@ -392,7 +392,8 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
         scale_intensity_prob=args.RandScaleIntensityd_prob, shift_intensity_prob=args.RandShiftIntensityd_prob,
         use_normal_dataset=args.use_normal_dataset, crop_sampling=args.crop_sampling,
         nnunet_model_dir=getattr(args, "nnunet_model_dir", None),  # model flags: absent from a data-only namespace
-        nnunet_fold=str(getattr(args, "nnunet_fold", ("0",))[0]), nnunet_cases=args.nnunet_cases,
+        nnunet_fold=str(getattr(args, "nnunet_fold", ("0",))[0]),
+        nnunet_cases=getattr(args, "nnunet_cases", "fold"),  # a record from before the flag lacks it
     )
 
 
