@@ -27,7 +27,7 @@ import torch
 import generate_adv_samples as gen
 import inference_on_saved_adv_samples as inf
 import run_normal_or_adv_training as train_script
-from tests.scripts.helpers import eval_flags, make_tiny_checkpoint, run_main
+from tests.scripts.helpers import eval_flags, load_script, make_tiny_checkpoint, run_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -442,7 +442,6 @@ def test_a_new_training_run_never_replaces_another_runs_metrics(tiny_dataset, tm
 
 # --------------------------------------------------------------------------- round 3: drivers and studies
 
-import importlib.util  # noqa: E402
 
 import studies.sweep as sweep_engine  # noqa: E402
 import studies.transfer as transfer_engine  # noqa: E402
@@ -452,10 +451,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"reliability_{name}", os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name, f"reliability_{name}")
 
 
 def _sweep_argv(tiny_dataset, checkpoint, out, *extra):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
@@ -64,3 +65,12 @@ def eval_flags(dataset, checkpoint: str, out, *extra: str) -> list[str]:
     return (tiny_model_flags() + data_flags(dataset.data_dir, dataset.json_name)
             + ["--use_pretrained", "--pretrained_path", checkpoint, "--max_cases", "1", "--infer_overlap", "0",
                "--save_adv_images_dir", str(out), *extra])
+
+
+def load_script(name: str, module_name: str | None = None):
+    """``scripts/<name>.py`` loaded as a fresh module (the scripts are not a package)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location(module_name or f"scripts_{name}", os.path.join(root, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.scripts.helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("demo_script", os.path.join(ROOT, "scripts", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+    return load_script("demo", "demo_script")
 
 def overall(clean, adv):
     return {"dice_clean": 60.0, "dice_adv": 40.0, "hd95_clean": 10.0, "hd95_adv": 20.0, "success_rate": 5.0,
@@ -25,14 +18,12 @@ def overall(clean, adv):
                           "liver": {"dice_clean": clean, "dice_adv": adv},
                           "pancreas": {"dice_clean": None, "dice_adv": None}}}
 
-
 def test_organ_table_has_clean_then_each_attack(demo):
     reports = {"PGD": (overall(90.0, 80.0), "a"), "VAFA": (overall(90.0, 55.5), "b")}
     lines = demo.organ_table(reports).splitlines()
     assert lines[0] == "| class | clean | PGD | VAFA |"
     assert "| liver | 90.0 | 80.0 | 55.5 |" in lines
     assert "| pancreas | – | – | – |" in lines  # in no validation case
-
 
 def test_explicit_precision_is_kept(demo):
     assert demo.demo_precision("fp32", "cpu") == "fp32"

@@ -3,7 +3,6 @@ cells; a stopped run resumes without redoing a finished model; a changed base ch
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -13,19 +12,15 @@ import torch
 
 import training.trainer as tr
 from training import run as training
-from tests.scripts.helpers import data_flags, make_tiny_checkpoint, run_main, tiny_model_flags
+from tests.scripts.helpers import data_flags, load_script, make_tiny_checkpoint, run_main, tiny_model_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def robust_demo():
-    spec = importlib.util.spec_from_file_location("robust_demo_script", os.path.join(ROOT, "scripts", "robust_demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("robust_demo", "robust_demo_script")
 
 
 @pytest.fixture(scope="module")

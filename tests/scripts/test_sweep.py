@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -11,16 +10,12 @@ import pytest
 import studies.sweep as sweep
 from engine import cli
 from studies.sweep_report import fmt
-from tests.scripts.helpers import data_flags, make_tiny_checkpoint, run_main, tiny_model_flags
+from tests.scripts.helpers import data_flags, load_script, make_tiny_checkpoint, run_main, tiny_model_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name, f"scripts_{name}")
 
 
 @pytest.fixture(scope="module")
