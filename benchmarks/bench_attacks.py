@@ -28,14 +28,13 @@ import os
 import platform
 import statistics
 import sys
-import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import benchmark_device  # noqa: E402
+from benchmarks.common import benchmark_device, time_interleaved  # noqa: E402
 
 from attacks import PGD, VAFA  # noqa: E402
 from networks import build_model  # noqa: E402
@@ -131,19 +130,9 @@ class TrivialModel(torch.nn.Module):
 
 
 def time_cases(attacks: Dict[str, Callable], images, labels, reps: int, warmup: int, sync, label: str) -> Dict[str, List[float]]:
-    """Interleaved wall-clock times of one call per case and rep (order reversed on odd reps)."""
-    names = list(attacks)
-    times: Dict[str, List[float]] = {c: [] for c in names}
-    for rep in range(warmup + reps):
-        for c in names if rep % 2 == 0 else names[::-1]:
-            sync()
-            start = time.perf_counter()
-            attacks[c](images, labels)
-            sync()
-            if rep >= warmup:
-                times[c].append(time.perf_counter() - start)
-        print(f"{label}: rep {rep + 1}/{warmup + reps} done", file=sys.stderr, flush=True)
-    return times
+    """Interleaved wall-clock times of one attack call per case and rep (:func:`benchmarks.common.time_interleaved`)."""
+    return time_interleaved({c: (lambda attack=attack: attack(images, labels)) for c, attack in attacks.items()},
+                            warmup, reps, sync, label)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -20,7 +20,7 @@ def benchmark_device(name: str, threads: Optional[int]) -> Tuple[torch.device, C
 
 
 def time_interleaved(calls: Mapping[str, Callable[[], object]], warmup: int, reps: int,
-                     sync: Callable[[], None]) -> Dict[str, List[float]]:
+                     sync: Callable[[], None], label: str = "") -> Dict[str, List[float]]:
     """Seconds of each call over ``reps`` rounds after ``warmup`` untimed ones, the calls interleaved (in
     turn, the order reversed every other round) so that a machine's drift falls on all of them alike."""
     names = list(calls)
@@ -33,5 +33,5 @@ def time_interleaved(calls: Mapping[str, Callable[[], object]], warmup: int, rep
             sync()
             if rep >= warmup:
                 times[name].append(time.perf_counter() - start)
-        print(f"rep {rep + 1}/{warmup + reps} done", file=sys.stderr, flush=True)
+        print(f"{label + ': ' if label else ''}rep {rep + 1}/{warmup + reps} done", file=sys.stderr, flush=True)
     return times
