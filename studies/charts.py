@@ -62,7 +62,12 @@ def curve_plot(rows: Sequence[Mapping], param: str, path: str, paper: Optional[M
     if paper:
         xs = sorted(paper)
         ax_dice.plot(xs, [paper[x]["dice"] for x in xs], "s--", color="grey", label="paper")
-        ax_sim.plot(xs, [paper[x].get("lpips") for x in xs], "s--", color="grey", label="paper (LPIPS-sim)")
+        # the paper reports LPIPS similarity: beside our SSIM it gets its own axis, never SSIM's scale
+        ax_paper = ax_sim if similarity == "LPIPS-sim" else ax_sim.twinx()
+        ax_paper.plot(xs, [paper[x].get("lpips") for x in xs], "s--", color="grey", label="paper (LPIPS-sim)")
+        if ax_paper is not ax_sim:
+            ax_paper.set_ylabel("paper: LPIPS-sim (%)", color="grey")
+            ax_paper.legend(fontsize=7, loc="lower right")
     clean = next((r["dice_clean"] for r in rows if r.get("dice_clean") is not None), None)
     if clean is not None:
         ax_dice.axhline(clean, color="green", lw=0.8, ls=":", label="clean (ours)")

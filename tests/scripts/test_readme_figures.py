@@ -68,3 +68,105 @@ def test_the_whole_command_at_tiny_size(tmp_path):
     assert readme_figures.main(["--out", str(tmp_path / "demo"), "--epochs", "1", "--readme", str(readme),
                                 "--docs", str(tmp_path / "docs")]) == 0
     assert "| clean |" in readme.read_text() and os.path.exists(tmp_path / "docs" / "demo_case.png")
+
+
+def test_a_command_runs_once_per_demo_checkpoint(tmp_path, monkeypatch):
+    """The record of finished commands: the same command on the same checkpoint is skipped, on another it runs."""
+    calls = []
+
+    class Child:
+        def __init__(self, argv, cwd):
+            calls.append(argv[-1])
+
+        def wait(self):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(readme_figures.subprocess, "Popen", Child)
+    command = readme_figures.Command("generate_adv_samples.py", ("--steps", "3"))
+    readme_figures.Runner(str(tmp_path), "sha-a").run(command)
+    readme_figures.Runner(str(tmp_path), "sha-a").run(command)  # a rerun: recorded in done.json
+    assert calls == ["3"]
+    readme_figures.Runner(str(tmp_path), "sha-b").run(command)  # another demo model: run again
+    assert calls == ["3", "3"]
+    other = readme_figures.Command("generate_adv_samples.py", ("--steps", "4"))
+    readme_figures.Runner(str(tmp_path), "sha-b").run(other)
+    assert calls == ["3", "3", "4"]
+
+
+def test_a_command_stopped_by_a_signal_stops_the_driver_and_is_not_recorded(tmp_path, monkeypatch):
+    class Child:
+        def __init__(self, argv, cwd):
+            pass
+
+        def wait(self):
+            return -15  # killed by SIGTERM
+
+        def poll(self):
+            return -15
+
+    monkeypatch.setattr(readme_figures.subprocess, "Popen", Child)
+    runner = readme_figures.Runner(str(tmp_path), "sha")
+    with pytest.raises(readme_figures.Stopped) as stop:
+        runner.run(readme_figures.Command("x.py", ()))
+    assert stop.value.signum == 15 and not (tmp_path / "done.json").exists()
+
+
+def _context(tmp_path):
+    return readme_figures.Context(out=str(tmp_path / "demo"), work=str(tmp_path / "work"),
+                                  robust_out=str(tmp_path / "robust"), docs=str(tmp_path / "docs"),
+                                  readme=str(tmp_path / "README.md"), epochs=3)
+
+
+def test_the_transfer_block_reads_the_matrix(tmp_path):
+    _fake_demo(tmp_path / "demo")
+    ctx = _context(tmp_path)
+    matrix = tmp_path / "work" / "transfer" / "matrix"
+    matrix.mkdir(parents=True)
+    grid = lambda a, b, c, d: {"unetr": {"unetr": a, "unet": b}, "unet": {"unetr": c, "unet": d}}  # noqa: E731
+    (matrix / "transfer.json").write_text(json.dumps({
+        "surrogates": ["unetr", "unet"], "targets": ["unetr", "unet"], "dice_clean": grid(74.2, 60.0, 74.2, 60.0),
+        "dice_adv": grid(70.6, 59.5, 73.0, 55.0), "drop": grid(3.6, 0.5, 1.2, 5.0)}))
+    (matrix / "transfer.png").write_bytes(b"heat")
+    runner = readme_figures.Runner(str(tmp_path / "work"), "sha")
+    block = readme_figures.transfer_section(ctx, runner).render()["transfer"]
+    assert "| surrogate \\ target | unetr (clean 74.2) | unet (clean 60.0) |" in block
+    assert "| unetr | **70.6 (−3.6)** | 59.5 (−0.5) |" in block and "| unet | 73.0 (−1.2) | **55.0 (−5.0)** |" in block
+    assert "python scripts/transfer_matrix.py" in block and (tmp_path / "docs" / "transfer_demo.png").read_bytes() == b"heat"
+
+
+def test_the_stronger_attacks_block_bolds_the_lowest_dice_per_budget(tmp_path):
+    _fake_demo(tmp_path / "demo")
+    ctx = _context(tmp_path)
+    folder = tmp_path / "work" / "stronger_attacks"
+    folder.mkdir(parents=True)
+    for name in ("tile", "volume"):
+        rows = [{"attack": a, "eps": e, "steps": 20, "dice": d, "seconds": 1.0}
+                for a, e, d in (("pgd", 4.0, 30.0), ("apgd-ce", 4.0, 29.0), ("pgd", 8.0, 20.0), ("apgd-ce", 8.0, 21.0))]
+        (folder / f"{name}.json").write_text(json.dumps({"clean_dice": 33.0, "cases": 1, "shapes": [[48, 48, 32]],
+                                                         "steps": 20, "rows": rows}))
+    block = readme_figures.bench_section(ctx, readme_figures.Runner(str(tmp_path / "work"), "s")).render()
+    text = block["stronger-attacks"]
+    assert "| pgd | 30.00 | 1.0 | **20.00** | 1.0 |" in text and "| apgd-ce | **29.00** | 1.0 | 21.00 | 1.0 |" in text
+    assert "Clean Dice 33.00 % (1 case, 48×48×32 voxels" in text
+
+
+def test_the_table6_block_waits_for_a_finished_robust_demo(tmp_path):
+    ctx = _context(tmp_path)
+    table = tmp_path / "robust" / "table6"
+    table.mkdir(parents=True)
+    section = readme_figures.table6_section(ctx)
+    assert section.render() is None  # nothing there
+    cells = [{"status": "done"}, {"status": "pending"}]
+    (table / "sweep.json").write_text(json.dumps({"command": "python scripts/robust_demo.py", "cells": cells}))
+    assert section.render() is None  # unfinished
+    cells[1]["status"] = "reused"
+    (table / "sweep.json").write_text(json.dumps({"command": "python scripts/robust_demo.py", "cells": cells}))
+    (table / "tables.md").write_text("## Table 6\n\n| x |\n\n## Ours beside the paper's (Dice %)\n\n| model | clean |\n"
+                                     "|---|---|\n| M_clean | 70.0 (74.3) |\n\nnote\n\n## Settings\n\n- 12 epochs\n")
+    (table / "robustness.png").write_bytes(b"fig")
+    text = section.render()["table6"]
+    assert "| M_clean | 70.0 (74.3) |" in text and "- 12 epochs" in text and "| x |" not in text
+    assert (tmp_path / "docs" / "robust_demo_table6.png").read_bytes() == b"fig"
