@@ -13,7 +13,7 @@ from .base import Attack, LossFn, attack_labels
 from .cospgd import CosPGD
 from .ensemble import WorstCase
 from .registry import (ATTACKS, AttackSettings, all_attack_options, attack_options, build_attack, get_attack_class,
-                       preset_flags)
+                       preset_flags, preset_values)
 from .segpgd import SegPGD
 from .tiling import attack_volume, tile_slices
 from .vafa import VAFA, VAFA2D, VAFA3D
@@ -40,6 +40,7 @@ __all__ = [
     "attack_options",
     "attack_volume",
     "preset_flags",
+    "preset_values",
     "build_attack",
     "get_attack_class",
     "tile_slices",

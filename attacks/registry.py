@@ -49,6 +49,12 @@ def all_attack_options() -> list[Option]:
     return collect_options(cls.options for cls in ATTACKS.values())
 
 
+def preset_values(name: str) -> dict:
+    """Flag values of attack ``name`` at its paper setting, ``attack_name`` included (:attr:`Attack.presets`):
+    ``preset_values("vafa-2d") == {"attack_name": "vafa-2d", "q_max": 20, "block_size": (8, 8)}``."""
+    return {"attack_name": name, **get_attack_class(name).presets}
+
+
 def preset_flags(name: str) -> tuple:
     """The command-line flags of attack ``name`` at its paper setting (:attr:`Attack.presets`).
 

@@ -34,16 +34,6 @@ from networks import MODELS, build_model  # noqa: E402
 
 N_CLASSES = 14
 
-REFERENCE_ROI = {
-    "unet-r": (96, 96, 96),  # the paper's release
-    "unetr++": (128, 128, 64),  # the authors' Synapse crop 64x128x128 (depth first), in our (x, y, z)
-    "swin-unetr": (96, 96, 96),  # MONAI BTCV tutorial
-    "segresnet": (96, 96, 96),
-    "unet": (96, 96, 96),
-}
-"""ROI (x, y, z) each model is timed at by default."""
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     built_here = [name for name, entry in MODELS.items() if entry.defaults is None]  # not a user's model folder
@@ -69,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     cases = {}
     for name in args.model_name:
-        roi = tuple(args.roi) if args.roi else REFERENCE_ROI.get(name, (96, 96, 96))
+        roi = tuple(args.roi) if args.roi else MODELS[name].reference_roi
         torch.manual_seed(0)
         model = build_model(name, 1, N_CLASSES, roi).to(device).eval()
         images = torch.rand(args.batch, 1, *roi, device=device)

@@ -9,10 +9,12 @@ then calls one of :func:`engine.jobs.generation_job`, :func:`~engine.jobs.infere
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import logging
 import os
 import sys
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from attacks import AttackSettings, all_attack_options, get_attack_class
 from data.datasets import get_dataset
@@ -216,26 +218,115 @@ def check_training_args(args: argparse.Namespace, parser: argparse.ArgumentParse
     args.amp = not args.noamp
 
 
+@dataclasses.dataclass(frozen=True)
+class Script:
+    """An entry script's command line: its flag groups, its checks (in order) and what fills the flags
+    not typed (``adopter(args, parser, typed)``: a generation run folder, a checkpoint)."""
+
+    description: str
+    groups: tuple
+    checks: tuple = ()
+    adopters: tuple = ()
+
+    def parser(self, raising: bool = False) -> ArgumentParser:
+        parser = make_parser(self.description, raising)
+        for add in self.groups:
+            add(parser)
+        return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class Flags:
+    """A command line read but not completed: the values it sets (defaults included) and the flags it typed.
+    :func:`complete` turns it, with typed values on top, into a script's checked arguments; a driver reads
+    the user's flags once and completes them per run (a sweep's cells, a transfer matrix's cells)."""
+
+    script: Script
+    args: argparse.Namespace
+    typed: frozenset
+
+
+def read_flags(script: Script, argv: Sequence[str] | None, raising: bool = False) -> Flags:
+    """Parse ``argv`` with ``script``'s flags, without its adopters and checks."""
+    parser = script.parser(raising)
+    args = parser.parse_args(argv)
+    return Flags(script, args, frozenset(given_flags(parser, argv)))
+
+
+def complete(flags: Flags, values: Mapping[str, Any] | None = None, raising: bool = False) -> argparse.Namespace:
+    """``flags`` with ``values`` set on top (each counts as typed), then the script's adopters and checks.
+
+    Raises:
+        UserError: with ``raising``, a refused flag or value (otherwise the process exits with status 2).
+    """
+    parser = flags.script.parser(raising)
+    args = copy.deepcopy(flags.args)
+    unknown = sorted(set(values or ()) - set(vars(args)))
+    if unknown:
+        parser.error(f"no flag {', '.join('--' + k for k in unknown)}")
+    types = {action.dest: action.type for action in parser._actions}
+    for key, value in (values or {}).items():
+        setattr(args, key, _as_parsed(value, types.get(key)))
+    typed = set(flags.typed) | set(values or ())
+    for adopt in flags.script.adopters:
+        adopt(args, parser, typed)
+    for check in flags.script.checks:
+        check(args, parser)
+    return args
+
+
+def _as_parsed(value: Any, kind: Callable | None) -> Any:
+    """``value`` as the parser would hold it: a sequence as a list, an integer of a float flag as a float."""
+    if isinstance(value, (list, tuple)):
+        return [_as_parsed(v, kind) for v in value]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def flag_value(script: Script, key: str, text: str) -> Any:
+    """``text`` as flag ``--key`` of ``script`` takes it (its type, choices, switch or list; a list is
+    written ``8x8x4``).
+
+    Raises:
+        UserError: ``script`` has no such flag, or the value is not one it takes.
+    """
+    action = next((a for a in script.parser()._actions if a.dest == key), None)
+    if action is None or key == "help":
+        raise UserError(f"no flag --{key}")
+    if action.nargs == 0:  # a switch
+        if text.lower() not in ("true", "false"):
+            raise UserError(f"--{key} is a switch: true or false, got {text!r}")
+        return text.lower() == "true"
+    convert = action.type or str
+    items = text.split("x") if action.nargs not in (None, "?") else [text]
+    try:
+        converted = [convert(item) for item in items]
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+        raise UserError(f"--{key}: cannot read {text!r} ({err})") from None
+    if action.choices is not None and any(v not in action.choices for v in converted):
+        raise UserError(f"--{key}: {text!r} is not one of {', '.join(map(str, action.choices))}")
+    return tuple(converted) if action.nargs not in (None, "?") else converted[0]
+
+
 def parse(description: str, argv: Sequence[str] | None, groups: Iterable[Callable], checks: Iterable[Callable],
           adopters: Iterable[Callable] = (), raising: bool = False) -> argparse.Namespace:
     """Build a parser from flag groups, parse ``argv``, fill the flags not typed from what the run
-    builds on (``adopter(args, parser, typed)``: a generation run folder, a checkpoint), then run
-    the checks in order.
+    builds on (the adopters), then run the checks in order (:func:`read_flags`, :func:`complete`).
 
     Raises:
         UserError: with ``raising``, a refused flag (otherwise the process exits with status 2).
     """
-    parser = make_parser(description, raising)
-    for add in groups:
-        add(parser)
-    args = parser.parse_args(argv)
-    adopters = tuple(adopters)
-    if adopters:
-        typed = given_flags(parser, argv)
-        for adopt in adopters:
-            adopt(args, parser, typed)
-    for check in checks:
-        check(args, parser)
+    script = Script(description, tuple(groups), tuple(checks), tuple(adopters))
+    return complete(read_flags(script, argv, raising), raising=raising)
+
+
+def recorded_args(record: Mapping[str, Any], script: Script) -> argparse.Namespace:
+    """A run's recorded arguments (its ``args.json``) as the script's ``Namespace``: the script's defaults
+    for flags newer than the record, JSON lists as tuples."""
+    args = script.parser().parse_args([])
+    for key, value in record.items():
+        setattr(args, key, tuple(value) if isinstance(value, list) else value)
     return args
 
 
@@ -346,24 +437,34 @@ def check_inference_args(args: argparse.Namespace, parser: argparse.ArgumentPars
 EVAL_CHECKS = (check_model_args, check_eval_args, check_attack_args)
 
 
+GENERATION = Script(GENERATION_DESCRIPTION, EVAL_GROUPS, EVAL_CHECKS + (check_generation_args,),
+                    adopters=(adopt_checkpoint_model_flags,))
+"""``generate_adv_samples.py``: the checkpoint fills the model flags not typed."""
+INFERENCE = Script(INFERENCE_DESCRIPTION, INFERENCE_GROUPS, EVAL_CHECKS + (check_inference_args,),
+                   adopters=(adopt_adv_run, adopt_checkpoint_model_flags))
+"""``inference_on_saved_adv_samples.py``: no generation-only flags; ``--adv_run_dir`` and the checkpoint fill
+the flags not typed."""
+
+
+def training_script(description: str) -> Script:
+    """``run_normal_or_adv_training.py`` (its description is the script's own)."""
+    return Script(description, TRAINING_GROUPS, (check_model_args, check_attack_args, check_training_args),
+                  adopters=(adopt_checkpoint_model_flags,))
+
+
 def parse_generation_args(argv: Sequence[str] | None = None, raising: bool = False) -> argparse.Namespace:
-    """``generate_adv_samples.py``'s command line, parsed and checked; the checkpoint fills the model
-    flags not typed (``raising``: see :func:`parse`)."""
-    return parse(GENERATION_DESCRIPTION, argv, EVAL_GROUPS, EVAL_CHECKS + (check_generation_args,),
-                 adopters=(adopt_checkpoint_model_flags,), raising=raising)
+    """``generate_adv_samples.py``'s command line, parsed and checked (``raising``: see :func:`parse`)."""
+    return complete(read_flags(GENERATION, argv, raising), raising=raising)
 
 
 def parse_inference_args(argv: Sequence[str] | None = None, raising: bool = False) -> argparse.Namespace:
-    """``inference_on_saved_adv_samples.py``'s command line: no generation-only flags; ``--adv_run_dir``
-    and the checkpoint fill the flags not typed (``raising``: see :func:`parse`)."""
-    return parse(INFERENCE_DESCRIPTION, argv, INFERENCE_GROUPS, EVAL_CHECKS + (check_inference_args,),
-                 adopters=(adopt_adv_run, adopt_checkpoint_model_flags), raising=raising)
+    """``inference_on_saved_adv_samples.py``'s command line, parsed and checked (``raising``: see :func:`parse`)."""
+    return complete(read_flags(INFERENCE, argv, raising), raising=raising)
 
 
 def parse_training_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parser of the training script."""
-    return parse(description, argv, TRAINING_GROUPS, (check_model_args, check_attack_args, check_training_args),
-                 adopters=(adopt_checkpoint_model_flags,))
+    return complete(read_flags(training_script(description), argv))
 
 
 # --------------------------------------------------------------------------- typed settings

@@ -121,6 +121,35 @@ class EvalJob:
         return items if self.max_cases is None else items[: self.max_cases]
 
 
+def finished_report(job: EvalJob) -> Optional[dict]:
+    """``job``'s ``results.json`` when it was made by exactly this run, else ``None``.
+
+    The rule of a resumed run (:func:`utils.run_folder.changed_settings`: runtime flags aside, paths
+    compared canonically, a flag newer than the record at its default) with the number of cases
+    counted as a setting (a finished report of fewer cases is not this run's), and the checkpoint's
+    content unchanged (:func:`utils.run_folder.changed_inputs`). A run that is not reused runs, which
+    resumes its finished cases or refuses a folder made otherwise in one line. An unreadable or
+    incomplete record counts as not finished, with a warning.
+    """
+    from utils.run_folder import changed_inputs, changed_settings
+
+    if job.layout is None or not os.path.isfile(job.layout.results):
+        return None
+    try:
+        report = read_json(job.layout.results)
+        if not isinstance(report["overall"], dict) or not isinstance(report["args"], dict):
+            raise TypeError("not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logger.warning("%s is unreadable or incomplete (%s); the run is done again", job.layout.results, err)
+        return None
+    if changed_settings(report["args"], job.record, frozenset(job.runtime_keys) - {"max_cases"}, job.path_keys,
+                        job.defaults):
+        return None
+    if changed_inputs(job.run_dir, job.inputs):
+        return None
+    return report
+
+
 def case_name(item: dict) -> str:
     return os.path.basename(str(item["image"]))
 

@@ -164,6 +164,7 @@ def _check_same_volumes(args: argparse.Namespace, folder: str) -> None:
 def training_job(args: argparse.Namespace):
     """:class:`training.run.TrainingJob` of ``run_normal_or_adv_training.py``."""
     from training.optim import OptimSettings
+    from training.config import TrainerConfig
     from training.run import TrainingJob
 
     attack = attack_settings(args)
@@ -177,21 +178,23 @@ def training_job(args: argparse.Namespace):
     run_dir = None if args.debugging else existing_or_new(parent, names)
     resume_hint = f"--resume --resume_latest --checkpoint_dir {parent}" + (" --no_sub_dir_model" if args.no_sub_dir_model else "")
     mode = ("vaft" if args.freq_reg_mode else "adversarial") if args.adv_training_mode else "normal"
+    model = model_settings(args)
+    optim = OptimSettings(name=args.optim_name, lr=args.optim_lr, weight_decay=args.reg_weight, momentum=args.momentum,
+                          schedule=args.lrschedule, warmup_epochs=args.warmup_epochs, max_epochs=args.max_epochs)
+    loop = TrainerConfig(
+        max_epochs=args.max_epochs, val_every=args.val_every, num_classes=model.out_channels,
+        window=window_settings(args), attack=attack, val_attack=args.val_attack,
+        val_attack_cases=args.val_attack_cases, seed=args.seed, amp=not args.noamp, precision=args.precision,
+        compile=args.compile, save_checkpoint=args.save_checkpoint, logdir=args.logdir,
+        freq_reg_norm=args.freq_reg_norm, freq_reg_weight=args.freq_reg_weight, optim_name=optim.name,
+        resume_hint=resume_hint, record=to_jsonable(vars(args)))
     return TrainingJob(
-        model=model_settings(args), data=data_settings(args), window=window_settings(args), attack=attack,
-        optim=OptimSettings(name=args.optim_name, lr=args.optim_lr, weight_decay=args.reg_weight,
-                            momentum=args.momentum, schedule=args.lrschedule, warmup_epochs=args.warmup_epochs,
-                            max_epochs=args.max_epochs),
-        mode=mode, batch_size=args.batch_size, max_epochs=args.max_epochs, val_every=args.val_every,
-        amp=not args.noamp, precision=args.precision, compile=args.compile, smooth_nr=args.smooth_nr, smooth_dr=args.smooth_dr,
-        fused_loss=args.fused_dice_ce,
-        freq_reg_norm=args.freq_reg_norm, freq_reg_weight=args.freq_reg_weight,
-        val_attack=args.val_attack, val_attack_cases=args.val_attack_cases,
-        save_checkpoint=args.save_checkpoint, run_dir=run_dir, resume_from=checkpoint,
-        restart=args.resume_but_restart, pretrained=args.pretrained_path if args.use_pretrained else None,
-        logdir=args.logdir, seed=args.seed, verbose=args.verbose, exp_name=args.exp_name,
-        resume_hint=resume_hint, new_run_parent=None if continuing else args.save_model_dir,
-        launch=launch_settings(args), record=to_jsonable(vars(args)),
+        model=model, data=data_settings(args), optim=optim, loop=loop, mode=mode, batch_size=args.batch_size,
+        smooth_nr=args.smooth_nr, smooth_dr=args.smooth_dr, fused_loss=args.fused_dice_ce, run_dir=run_dir,
+        resume_from=checkpoint, restart=args.resume_but_restart,
+        pretrained=args.pretrained_path if args.use_pretrained else None, verbose=args.verbose,
+        exp_name=args.exp_name, new_run_parent=None if continuing else args.save_model_dir,
+        launch=launch_settings(args),
     )
 
 

@@ -26,7 +26,8 @@ class ModelEntry:
     ``defaults(options) -> {flag: value}``, when given, supplies values of model-independent flags
     (``in_channels``, ``roi_x``, ``space_x``, ``a_min``, ``sw_blend`` ...) that the user left unset, from
     what the model's own options point at (a trained-model folder). ``loads_weights``: the builder
-    loads the trained weights itself (no ``--pretrained_path``).
+    loads the trained weights itself (no ``--pretrained_path``). ``reference_roi``: the ROI (x, y, z)
+    the model is usually trained at (its paper's or tutorial's crop), where benchmarks time it.
     """
 
     build: Callable[..., nn.Module]
@@ -34,11 +35,13 @@ class ModelEntry:
     description: str = ""
     defaults: Optional[Callable[[Mapping[str, Any]], dict]] = None
     loads_weights: bool = False
+    reference_roi: tuple = (96, 96, 96)
 
 
 MODELS: dict[str, ModelEntry] = {
     "unet-r": ModelEntry(unetr.build_unetr, unetr.OPTIONS, "UNETR (the paper's release)"),
-    "unetr++": ModelEntry(unetrpp.build_unetrpp, unetrpp.OPTIONS, "UNETR++ (Shaker et al., IEEE TMI 2024)"),
+    "unetr++": ModelEntry(unetrpp.build_unetrpp, unetrpp.OPTIONS, "UNETR++ (Shaker et al., IEEE TMI 2024)",
+                          reference_roi=(128, 128, 64)),  # the authors' Synapse crop 64x128x128 (depth first)
     "swin-unetr": ModelEntry(monai_zoo.build_swin_unetr, monai_zoo.SWIN_OPTIONS, "MONAI SwinUNETR"),
     "segresnet": ModelEntry(monai_zoo.build_segresnet, monai_zoo.SEGRESNET_OPTIONS, "MONAI SegResNet"),
     "unet": ModelEntry(monai_zoo.build_unet, monai_zoo.UNET_OPTIONS, "MONAI UNet (residual units)"),

@@ -31,17 +31,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import generate_adv_samples  # noqa: E402
 import run_normal_or_adv_training  # noqa: E402
+from attacks import PGD, VAFA3D, preset_flags  # noqa: E402
 from data.phantom import write_phantom_dataset  # noqa: E402
 
 MODEL = ["--feature_size", "8", "--hidden_size", "96", "--mlp_dim", "192", "--num_heads", "4",
          "--roi_x", "48", "--roi_y", "48", "--roi_z", "32"]
 ATTACKS = {
-    "PGD eps=4": ["--attack_name", "pgd", "--eps", "4", "--alpha", "0.01", "--steps", "10"],
-    "VAFA-3D q_max=20": ["--attack_name", "vafa-3d", "--q_max", "20", "--steps", "10",
-                         "--block_size", "8", "8", "8", "--use_ssim_loss"],
-    "VAFA-3D q_max=20, clip": ["--attack_name", "vafa-3d", "--q_max", "20", "--steps", "10",
-                               "--block_size", "8", "8", "8", "--use_ssim_loss", "--vafa_normalise", "clip"],
+    "PGD eps=4": [*preset_flags(PGD.name), "--alpha", "0.01", "--steps", "10"],
+    "VAFA-3D q_max=20": [*preset_flags(VAFA3D.name), "--steps", "10"],
+    "VAFA-3D q_max=20, clip": [*preset_flags(VAFA3D.name), "--steps", "10", "--vafa_normalise", "clip"],
 }
+"""The demo's attacks: the paper's settings (:func:`attacks.preset_flags`: eps 4; q_max 20, 8^3 blocks, SSIM
+term), the release's PGD step, 10 steps each (``--steps``)."""
 
 
 def say(script, argv: list[str]) -> None:

@@ -15,7 +15,6 @@ band gives back the saved adversarial volume.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -198,10 +197,7 @@ class _Predictor:
         from engine.evaluation import load_trained_model
         from utils.distributed import resolve_device
 
-        args = argparse.Namespace(**record)
-        for key, value in vars(args).items():
-            if isinstance(value, list):
-                setattr(args, key, tuple(value))
+        args = cli.recorded_args(record, cli.GENERATION)
         self.settings = cli.model_settings(args)
         self.window = cli.window_settings(args)
         self.device = resolve_device(device)

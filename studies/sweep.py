@@ -1,10 +1,11 @@
 """Sweeps: many generation runs from one spec, collected into the paper's tables and plots.
 
 A sweep is a list of :class:`Cell` s (one attack configuration each, and for Table 6 one
-checkpoint). Every cell is a ``generate_adv_samples.py`` run: its command line is built
-from the user's data/model flags, the attack's paper setting (its class's ``presets``), the user's overrides and
-the cell's swept values (later flags win), parsed and checked by :mod:`engine.cli`, and
-run by :func:`engine.evaluation.run_generation` into ``OUT/runs/<cell>/<attack folder>``.
+checkpoint). Every cell is a ``generate_adv_samples.py`` run: the user's data/model flags and
+overrides are read once (:func:`engine.cli.read_flags`); each cell's arguments are those with the
+attack's paper setting (its class's ``presets``) beneath the overrides and the cell's swept values
+on top, completed and checked by :func:`engine.cli.complete` as the script's own, and run by
+:func:`engine.evaluation.run_generation` into ``OUT/runs/<cell>/<attack folder>``.
 A cell whose ``results.json`` was written with the same arguments from the same checkpoint
 content (:data:`utils.run_folder.INPUTS_FILE`) is reused, so a killed or stopped sweep resumes
 where it stopped (and a killed cell resumes at its first unfinished case); a checkpoint that
@@ -24,14 +25,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
-from attacks import APGD, ATTACKS, BIM, FGSM, PGD, VAFA2D, VAFA3D, GaussianNoise, get_attack_class, preset_flags
+from attacks import APGD, ATTACKS, BIM, FGSM, PGD, VAFA2D, VAFA3D, GaussianNoise, get_attack_class, preset_values
 from engine import cli, jobs
-from engine.flags import PATH_FLAGS, RUNTIME_FLAGS
+from engine.evaluation import finished_report
 from studies import paper_tables
 from utils.errors import UserError
-from utils.io import read_json, to_jsonable
 from utils.logs import setup_logging
-from utils.run_folder import RunLayout, changed_inputs, changed_settings
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +48,8 @@ class Cell:
         key: folder name under ``OUT/runs``.
         label: the cell's name in tables and plots.
         attack: registry name of the attack.
-        base: attack flags before the user's overrides (the preset's defaults).
-        swept: flags after the user's overrides (the swept values, which win).
+        base: flag values beneath the user's overrides (the preset's defaults), ``{dest: value}``.
+        swept: flag values above the user's overrides (the swept values, which win).
         params: the swept values, for the tables, CSV and plots.
         model: Table 6: the robust model's name.
     """
@@ -58,8 +57,8 @@ class Cell:
     key: str
     label: str
     attack: str
-    base: tuple = ()
-    swept: tuple = ()
+    base: Mapping = field(default_factory=dict)
+    swept: Mapping = field(default_factory=dict)
     params: Mapping = field(default_factory=dict)
     model: str = ""
 
@@ -86,16 +85,15 @@ class Preset:
     paper: Optional[Mapping] = None
 
 
-def _attack_cell(label: str, attack: str, *extra: str, key: Optional[str] = None, **params) -> Cell:
-    key = key or _slug(label)
-    return Cell(key=key, label=label, attack=attack, base=preset_flags(attack), swept=tuple(extra),
+def _attack_cell(label: str, attack: str, swept: Optional[Mapping] = None, **params) -> Cell:
+    return Cell(key=_slug(label), label=label, attack=attack, base=preset_values(attack), swept=dict(swept or {}),
                 params={"attack": attack, **params})
 
 
 def _curve(name: str, title: str, param: str, values: Sequence, flags: Callable, paper: Mapping) -> Preset:
     vafa = VAFA3D.name
     cells = tuple(Cell(key=f"{vafa}_{param}_{v}", label=f"{param}={v}", attack=vafa,
-                       base=preset_flags(vafa), swept=tuple(flags(v)), params={param: v}) for v in values)
+                       base=preset_values(vafa), swept=flags(v), params={param: v}) for v in values)
     return Preset(name, title, "curve", cells, param=param, paper=paper)
 
 
@@ -108,17 +106,17 @@ def table1() -> Preset:
 
 def table2() -> Preset:
     return _curve("table2", "Table 2: VAFA-3D vs q_max (block 8x8x8)", "q_max", (10, 20, 30, 40, 60, 80),
-                  lambda v: ("--q_max", str(v)), paper_tables.TABLE2)
+                  lambda v: {"q_max": v}, paper_tables.TABLE2)
 
 
 def table3() -> Preset:
     return _curve("table3", "Table 3: VAFA-3D vs attack steps (q_max 20, block 8x8x8)", "steps", (10, 20, 30, 40, 50, 60),
-                  lambda v: ("--steps", str(v)), paper_tables.TABLE3)
+                  lambda v: {"steps": v}, paper_tables.TABLE3)
 
 
 def table4() -> Preset:
     return _curve("table4", "Table 4: VAFA-3D vs block size (q_max 20, cubic blocks)", "block", (4, 8, 16, 32, 48, 96),
-                  lambda v: ("--block_size", str(v), str(v), str(v)), paper_tables.TABLE4)
+                  lambda v: {"block_size": (v, v, v)}, paper_tables.TABLE4)
 
 
 def table5() -> Preset:
@@ -126,22 +124,22 @@ def table5() -> Preset:
     for attack, name, flag in ((PGD.name, "PGD", "eps"), (FGSM.name, "FGSM", "eps"), (BIM.name, "BIM", "eps"),
                                (GaussianNoise.name, "GN", "std")):
         for value in (4, 8):
-            cells.append(_attack_cell(f"{name} {flag}={value}", attack, f"--{flag}", str(value), **{flag: value}))
+            cells.append(_attack_cell(f"{name} {flag}={value}", attack, {flag: value}, **{flag: value}))
     for q_max in (20, 30):
-        cells.append(_attack_cell(f"VAFA q_max={q_max}", VAFA3D.name, "--q_max", str(q_max), "--block_size", "32", "32", "32",
+        cells.append(_attack_cell(f"VAFA q_max={q_max}", VAFA3D.name, {"q_max": q_max, "block_size": (32, 32, 32)},
                                   q_max=q_max, block=32))
     return Preset("table5", "Table 5: eps 4/8 and q_max 20/30 (VAFA block 32x32x32), with HD95", "attacks", tuple(cells),
                   paper=paper_tables.TABLE5)
 
 
-TABLE6_ATTACKS = (("PGD", PGD.name, (), ()), ("FGSM", FGSM.name, (), ()), ("BIM", BIM.name, (), ()),
-                  ("VAFA", VAFA3D.name, ("--block_size", "32", "32", "32"), ()),
-                  ("VAFA clip", VAFA3D.name, ("--block_size", "32", "32", "32"), ("--vafa_normalise", "clip")),
-                  ("APGD", APGD.name, (), ()))
-"""Table 6's columns as ``(label, attack, defaults, column flags)``: the paper's PGD, FGSM, BIM (eps 4) and VAFA as
+TABLE6_ATTACKS = (("PGD", PGD.name, {}, {}), ("FGSM", FGSM.name, {}, {}), ("BIM", BIM.name, {}, {}),
+                  ("VAFA", VAFA3D.name, {"block_size": (32, 32, 32)}, {}),
+                  ("VAFA clip", VAFA3D.name, {"block_size": (32, 32, 32)}, {"vafa_normalise": "clip"}),
+                  ("APGD", APGD.name, {}, {}))
+"""Table 6's columns as ``(label, attack, defaults, column values)``: the paper's PGD, FGSM, BIM (eps 4) and VAFA as
 in adversarial training (q_max 20, block 32^3, the release's per-slice renormalisation), then VAFA with the paper's
 clip and APGD (eps 4) as the stronger voxel attack. The defaults yield to the user's overrides (``--block_size 16 16
-16`` where 32 does not divide the ROI); the column flags do not."""
+16`` where 32 does not divide the ROI); the column values do not."""
 
 
 def table6(models: Sequence[tuple[str, str]]) -> Preset:
@@ -151,8 +149,8 @@ def table6(models: Sequence[tuple[str, str]]) -> Preset:
     for name, checkpoint in models:
         for column, attack, defaults, column_flags in TABLE6_ATTACKS:
             cells.append(Cell(key=_slug(f"{name}_{column}"), label=column, attack=attack,
-                              base=preset_flags(attack) + defaults,
-                              swept=(*column_flags, "--pretrained_path", checkpoint),
+                              base={**preset_values(attack), **defaults},
+                              swept={**column_flags, "pretrained_path": checkpoint},
                               params={"model": name, "attack": attack}, model=name))
     return Preset("table6", "Table 6: Dice of (robust) models under each attack", "models", tuple(cells),
                   paper=paper_tables.TABLE6)
@@ -181,17 +179,21 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
     return axes
 
 
-def _value_flags(key: str, value: str, attack: str) -> tuple:
-    """Flags of one grid value; ``block_size`` takes ``8`` (a cube, or a square for an attack with 2-sided
-    blocks: :attr:`attacks.base.Attack.block_sides`) or ``8x8x4``."""
+def _grid_value(key: str, value: str, attack: str) -> dict:
+    """``{dest: value}`` of one grid value, typed as the flag types it; ``block_size`` takes ``8`` (a cube,
+    or a square for an attack with 2-sided blocks: :attr:`attacks.base.Attack.block_sides`) or ``8x8x4``.
+
+    Raises:
+        UserError: no such flag, or a value it does not take.
+    """
     if key in ("block_size", "block"):
-        sides = value.split("x")
-        if len(sides) == 1:
-            sides = sides * (get_attack_class(attack).block_sides or 3)
-        return ("--block_size", *sides)
-    if value.lower() in ("true", "false"):  # a switch: only its presence counts
-        return (f"--{key}",) if value.lower() == "true" else ()
-    return (f"--{key}", value)
+        key = "block_size"
+        if "x" not in value:
+            value = "x".join([value] * (get_attack_class(attack).block_sides or 3))
+    try:
+        return {key: cli.flag_value(cli.GENERATION, key, value)}
+    except UserError as err:
+        raise UserError(f"--grid {key}={value}: {err}") from None
 
 
 def grid(specs: Sequence[str], attack: str = VAFA3D.name) -> Preset:
@@ -203,13 +205,13 @@ def grid(specs: Sequence[str], attack: str = VAFA3D.name) -> Preset:
         name = params.get("attack", attack)
         if name not in ATTACKS:
             raise UserError(f"--grid attack: unknown attack {name!r}; one of {', '.join(ATTACKS)}")
-        swept: tuple = ()
+        swept: dict = {}
         for key, value in params.items():
             if key != "attack":
-                swept += _value_flags(key, value, name)
+                swept.update(_grid_value(key, value, name))
         label = ", ".join(f"{k}={v}" for k, v in params.items())
         cells.append(Cell(key=_slug(f"{name}_" + "_".join(f"{k}-{v}" for k, v in params.items() if k != "attack")),
-                          label=label, attack=name, base=preset_flags(name), swept=swept,
+                          label=label, attack=name, base=preset_values(name), swept=swept,
                           params={"attack": name, **params}))
     # the curve plot's axis: the first swept setting other than the attack (none: no curve)
     return Preset("grid", "Grid: " + " × ".join(f"{k} ({', '.join(v)})" for k, v in axes), "grid", tuple(cells),
@@ -260,38 +262,26 @@ class SweepSettings:
     report_only: bool = False
 
 
-def cell_argv(settings: SweepSettings, cell: Cell) -> list[str]:
-    """The generation command line of ``cell`` (later flags win)."""
-    return [*settings.common, *cell.base, *settings.overrides, *cell.swept,
-            "--save_adv_images_dir", os.path.join(os.path.abspath(settings.out), "runs", cell.key)]
+def overridden(settings: SweepSettings) -> frozenset:
+    """The flags the user's overrides type (a preset's default yields to them)."""
+    return cli.read_flags(cli.GENERATION, list(settings.overrides), raising=True).typed
 
 
-def finished_report(run_dir: str, args: argparse.Namespace) -> Optional[dict]:
-    """The run folder's ``results.json`` if it was written with these arguments from the checkpoint's
-    present content.
+def cell_args(settings: SweepSettings, cell: Cell, flags: Optional[cli.Flags] = None,
+              above: Optional[frozenset] = None) -> argparse.Namespace:
+    """The checked ``generate_adv_samples.py`` arguments of ``cell``: the user's flags (``flags``, read once
+    from ``common`` and ``overrides``), the cell's defaults where no override sets them, its swept values on
+    top, its run folder under ``OUT/runs``.
 
-    The rule of a resumed run (:func:`utils.run_folder.changed_settings`: runtime flags aside, paths
-    compared canonically, a flag newer than the record at its default), except that the number of
-    cases must match too: a finished report of fewer cases is not this cell's. An unreadable or
-    incomplete ``results.json`` (the sweep's own record) counts as not finished, with a warning: the
-    cell runs again, reusing its finished cases.
+    Raises:
+        UserError: a refused flag or value.
     """
-    path = RunLayout(run_dir).results
-    if not os.path.exists(path):
-        return None
-    try:
-        report = read_json(path)
-        got = report["args"]
-        report["overall"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        logger.warning("%s is unreadable or incomplete (%s); the cell is done again", path, err)
-        return None
-    if changed_settings(got, to_jsonable(vars(args)), RUNTIME_FLAGS - {"max_cases"}, PATH_FLAGS,
-                        cli.flag_defaults(cli.EVAL_GROUPS)):
-        return None
-    if changed_inputs(run_dir, {"checkpoint": args.pretrained_path}):
-        return None  # the checkpoint holds other weights now: the cell's run refuses with one line (or --overwrite)
-    return report
+    flags = flags or cli.read_flags(cli.GENERATION, [*settings.common, *settings.overrides], raising=True)
+    above = overridden(settings) if above is None else above
+    values = {key: value for key, value in cell.base.items() if key not in above}
+    values.update(cell.swept)
+    values["save_adv_images_dir"] = os.path.join(os.path.abspath(settings.out), "runs", cell.key)
+    return cli.complete(flags, values, raising=True)
 
 
 def run_cell(args: argparse.Namespace) -> int:
@@ -338,10 +328,11 @@ def run_sweep(settings: SweepSettings, runner: Optional[Callable] = None) -> lis
     runner = runner or run_cell
     index, count = settings.shard
     planned = []
+    flags = cli.read_flags(cli.GENERATION, [*settings.common, *settings.overrides], raising=True)
+    above = overridden(settings)
     for position, cell in enumerate(settings.preset.cells):
-        argv = cell_argv(settings, cell)
         try:
-            args = cli.parse_generation_args(argv, raising=True)
+            args = cell_args(settings, cell, flags, above)
         except UserError as err:
             if "not divisible by block_size" in str(err):
                 planned.append((position, cell, None, f"skipped: {err}"))
@@ -353,8 +344,9 @@ def run_sweep(settings: SweepSettings, runner: Optional[Callable] = None) -> lis
         if args is None:
             rows.append(cell_row(settings.preset, cell, None, None, "skipped", note))
             continue
-        run_dir = jobs.generation_job(args).run_dir
-        report = finished_report(run_dir, args)
+        job = jobs.generation_job(args)
+        run_dir = job.run_dir
+        report = finished_report(job)
         status = "reused" if report is not None else "pending"
         if report is None and not settings.report_only and position % count == index:
             check_stop()  # nothing new starts after a stop signal
@@ -367,7 +359,7 @@ def run_sweep(settings: SweepSettings, runner: Optional[Callable] = None) -> lis
                 setup_logging(None, getattr(args, "verbose", False))  # back to the console only
             if code:
                 raise _cell_failed(cell, code)
-            report = finished_report(run_dir, args)
+            report = finished_report(job)
             status = "done" if report is not None else "pending"
         rows.append(cell_row(settings.preset, cell, run_dir, report, status, note))
     return rows

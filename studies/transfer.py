@@ -16,6 +16,7 @@ every cell.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -93,102 +94,83 @@ def check_models(models: Sequence[TransferModel]) -> None:
                         "saved when attacking that model)")
 
 
-def attack_flags(adv_folder: str) -> list[str]:
-    """The attack flags of the generation run in ``adv_folder`` (its ``args.json``), so that the cell's
-    report names the attack; none when the folder has no ``args.json``."""
+def attack_values(adv_folder: str) -> dict:
+    """The attack of the generation run in ``adv_folder`` as flag values (its ``args.json``: the attack's
+    name, its options, the target class), so that the cell's report names the attack; none when the
+    folder has no ``args.json``."""
     from attacks import get_attack_class
 
     path = RunLayout(adv_folder).args
     if not os.path.isfile(path):
-        return []
+        return {}
     record = read_json(path)
     name = record.get("attack_name")
     if not name:
-        return []
-    flags = ["--attack_name", name]
-    for option in get_attack_class(name).options:
-        value = record.get(option.name)
-        if option.type is bool:
-            flags += [f"--{option.name}"] if value else []
-        elif isinstance(value, (list, tuple)):
-            flags += [f"--{option.name}", *(str(v) for v in value)]
-        elif value is not None:
-            flags += [f"--{option.name}", str(value)]
+        return {}
+    values = {"attack_name": name}
+    values.update({option.name: record[option.name] for option in get_attack_class(name).options
+                   if option.name in record})
     if record.get("targeted") and record.get("target_class") is not None:
-        flags += ["--target_class", str(record["target_class"])]
-    return flags
+        values["target_class"] = record["target_class"]
+    return values
 
 
 def cell_dir(job: TransferJob, surrogate: TransferModel, target: TransferModel) -> str:
     return os.path.join(job.out_dir, "cells", f"{surrogate.label}__on__{target.label}")
 
 
-def cell_argv(job: TransferJob, surrogate: TransferModel, target: TransferModel) -> list[str]:
-    """``inference_on_saved_adv_samples.py`` flags of one cell."""
-    return [*job.common_flags, *target.flags, *attack_flags(surrogate.adv_folder),
-            "--pretrained_path", target.checkpoint, "--adv_images_dir", surrogate.adv_folder,
-            "--no_sub_dir_adv_images", "--results_dir", cell_dir(job, surrogate, target),
-            *(["--overwrite"] if job.overwrite else [])]
+def cell_values(job: TransferJob, surrogate: TransferModel, target: TransferModel) -> dict:
+    """What a cell sets on top of the target's flags: the surrogate's attack, the target's checkpoint,
+    the surrogate's volumes and the cell's folder."""
+    return {**attack_values(surrogate.adv_folder), "pretrained_path": target.checkpoint,
+            "adv_images_dir": surrogate.adv_folder, "no_sub_dir_adv_images": True,
+            "results_dir": cell_dir(job, surrogate, target), "overwrite": job.overwrite}
 
 
-def finished_overall(cell_folder: str, eval_job) -> dict | None:
-    """The cell's overall metrics when its ``results.json`` was made by exactly this evaluation:
-    the same settings (``args.json``, runtime flags aside) and the same checkpoint content
-    (:data:`utils.run_folder.INPUTS_FILE`). ``None`` otherwise: the cell then runs, which
-    resumes it, or refuses a folder made otherwise in one line (``--overwrite`` recomputes).
-    An unreadable or incomplete record is redone with a warning."""
-    from utils.run_folder import changed_inputs, changed_settings
+def cell_args(job: TransferJob, surrogate: TransferModel, target: TransferModel) -> argparse.Namespace:
+    """The checked ``inference_on_saved_adv_samples.py`` arguments of one cell: the common flags and the
+    target's model flags (read as a command line: the user typed them), with :func:`cell_values` on top.
 
-    results = RunLayout(cell_folder).results
-    if not os.path.isfile(results):
-        return None
+    Raises:
+        UserError: a flag or value is refused (one line naming the cell).
+    """
+    from engine import cli
+
     try:
-        report = read_json(results)
-        overall, recorded = report["overall"], report["args"]
-        if not isinstance(overall, dict) or not isinstance(recorded, dict):
-            raise TypeError("not a mapping")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        logger.warning("%s is unreadable or incomplete (%s); the cell is evaluated again", results, err)
-        return None
-    if changed_settings(recorded, eval_job.record, eval_job.runtime_keys, eval_job.path_keys, eval_job.defaults):
-        return None
-    if changed_inputs(cell_folder, eval_job.inputs):
-        return None
-    return overall
+        flags = cli.read_flags(cli.INFERENCE, [*job.common_flags, *target.flags], raising=True)
+        return cli.complete(flags, cell_values(job, surrogate, target), raising=True)
+    except UserError as err:
+        raise UserError(f"the flags of cell {surrogate.label} -> {target.label} were refused: "
+                        f"{' '.join(str(err).split())}; common flags: {shlex.join(job.common_flags)}; "
+                        f"model flags: {shlex.join(target.flags)}") from None
 
 
 def run_cell(job: TransferJob, surrogate: TransferModel, target: TransferModel) -> dict:
     """The cell's overall metrics: read from its ``results.json`` when that was made from the same
-    flags and checkpoint content (:func:`finished_overall`), else evaluated now.
+    flags and checkpoint content (:func:`engine.evaluation.finished_report`), else evaluated now.
 
     Raises:
         UserError: the cell's flags are refused (one line naming the flag) or its inference run fails.
     """
-    from engine import cli, jobs
-    from engine.evaluation import run_inference
+    from engine import jobs
+    from engine.evaluation import finished_report, run_inference
 
     folder = cell_dir(job, surrogate, target)
-    results = RunLayout(folder).results
-    argv = cell_argv(job, surrogate, target)
-    try:
-        args = cli.parse_inference_args(argv, raising=True)
-    except UserError as err:
-        raise UserError(f"the flags of cell {surrogate.label} -> {target.label} were refused: "
-                        f"{' '.join(str(err).split())}; flags: {shlex.join(argv)}") from None
+    args = cell_args(job, surrogate, target)
     try:
         eval_job = jobs.inference_job(args)
         if not job.overwrite:
-            overall = finished_overall(folder, eval_job)
-            if overall is not None:
+            report = finished_report(eval_job)
+            if report is not None:
                 logger.info("cell %s -> %s finished earlier with the same flags and checkpoint, reused",
                             surrogate.label, target.label)
-                return overall
-        logger.info("cell %s -> %s: inference_on_saved_adv_samples.py %s", surrogate.label, target.label,
-                    shlex.join(argv))
+                return report["overall"]
+        logger.info("cell %s -> %s: %s on %s -> %s", surrogate.label, target.label, target.checkpoint,
+                    surrogate.adv_folder, folder)
         report = run_inference(eval_job)
     except UserError as err:
         raise UserError(f"cell {surrogate.label} -> {target.label}: {' '.join(str(err).split())}") from None
-    if not report or not os.path.isfile(results):
+    if not report or not os.path.isfile(RunLayout(folder).results):
         raise UserError(f"cell {surrogate.label} -> {target.label} produced no results.json in {folder}")
     return report["overall"]
 

@@ -127,3 +127,20 @@ def test_no_module_outside_attacks_lists_attack_names():
 def test_no_library_module_over_600_lines():
     long = {n: sum(1 for _ in open(p)) for n, p in MODULES.items()}
     assert not {n: k for n, k in long.items() if k > 600}
+
+
+PARSERS = {"parse", "parse_generation_args", "parse_inference_args", "parse_training_args", "parse_args",
+           "parse_known_args"}
+"""Functions that read a command line."""
+
+
+def test_only_the_command_line_module_parses_command_lines():
+    """A driver reads the user's flags once and completes them per run with typed values
+    (``engine.cli.read_flags`` / ``complete``); no library module calls a parser on an argv it built.
+    A module that is itself a command (``python -m data.phantom``) parses its own."""
+    for name, path in MODULES.items():
+        if name in ("engine.cli", *ENTRY_SCRIPTS) or 'if __name__ == "__main__":' in open(path).read():
+            continue
+        calls = {node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                 for node in ast.walk(ast.parse(open(path).read())) if isinstance(node, ast.Call)}
+        assert not calls & PARSERS, f"{name} calls {sorted(calls & PARSERS)}"

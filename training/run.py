@@ -6,18 +6,17 @@ import logging
 import os
 import platform
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from attacks import AttackSettings
 from data.loading import CROPS_PER_VOLUME, DataSettings, build_dataset, build_loader, check_files
 from data.sampling import EpochSampler, EpochSeededDataset
 from utils.run_folder import run_lock
 from training.losses import DeepSupervisionLoss, build_dice_ce
 from training.optim import SCHEDULES, OptimSettings, build_optimizer, build_scheduler
-from networks import ModelSettings, WindowSettings, compiled, load_model_weights, with_precision
+from networks import ModelSettings, compiled, load_model_weights, with_precision
 from training.trainer import BEST, LATEST, METRICS_FILE, TRAINERS, Trainer, TrainerConfig, TrainingResult
 from utils import distributed as dist_utils
 from utils.distributed import LaunchSettings
@@ -35,55 +34,36 @@ class TrainingJob:
     """One run of the training script, typed.
 
     Args:
-        model, data, window, attack, optim: what to build and how.
+        model, data, optim: what to build and how.
+        loop: the training loop's settings (epochs, validation, precision, window, attack, record ...).
         mode: ``"normal"``, ``"adversarial"`` or ``"vaft"`` (a key of :data:`trainer.TRAINERS`).
         batch_size: volumes per step and process (4 crops each).
+        smooth_nr, smooth_dr: the Dice-CE's smoothing terms.
+        fused_loss: Dice-CE as :class:`training.losses.FusedDiceCE` (``--fused_dice_ce``).
         run_dir: the run folder, or ``None`` to write nothing.
         resume_from: checkpoint to continue (or, with ``restart``, to take weights from).
         restart: start a new run at epoch 0 from ``resume_from``'s weights.
         pretrained: initial weights of a new run.
         new_run_parent: the folder a new run was asked to go in (for messages).
-        resume_hint: the flags that continue this run.
-        record: the resolved arguments, written to ``args.json`` and into checkpoints.
-        precision: ``--precision`` (``None``: the release's mixed precision for the training
-            passes, fp32 for the attack's).
-        compile: ``torch.compile`` the network (training passes and attack).
-        fused_loss: Dice-CE as :class:`training.losses.FusedDiceCE` (``--fused_dice_ce``).
-        Other fields as :class:`trainer.TrainerConfig`.
     """
 
     model: ModelSettings
     data: DataSettings
-    window: WindowSettings
-    attack: AttackSettings
     optim: OptimSettings
+    loop: TrainerConfig
     mode: str = "normal"
     batch_size: int = 1
-    max_epochs: int = 5000
-    val_every: int = 100
-    amp: bool = True
-    precision: Optional[str] = None
-    compile: bool = False
     smooth_nr: float = 0.0
     smooth_dr: float = 1e-6
     fused_loss: bool = False
-    freq_reg_norm: str = "relative"
-    freq_reg_weight: float = 1.0
-    val_attack: bool = False
-    val_attack_cases: int = 2
-    save_checkpoint: bool = False
     run_dir: Optional[str] = None
     resume_from: Optional[str] = None
     restart: bool = False
     pretrained: Optional[str] = None
-    logdir: Optional[str] = None
-    seed: int = 0
     verbose: bool = False
     exp_name: Optional[str] = None
-    resume_hint: str = ""
     new_run_parent: Optional[str] = None
     launch: LaunchSettings = field(default_factory=LaunchSettings)
-    record: Mapping = field(default_factory=dict)
 
     @property
     def trainer_class(self) -> type:
@@ -91,18 +71,7 @@ class TrainingJob:
 
     @property
     def uses_attack(self) -> bool:
-        return self.mode != "normal" or self.val_attack
-
-    def trainer_config(self) -> TrainerConfig:
-        return TrainerConfig(
-            max_epochs=self.max_epochs, val_every=self.val_every, num_classes=self.model.out_channels,
-            window=self.window, attack=self.attack, val_attack=self.val_attack,
-            val_attack_cases=self.val_attack_cases, seed=self.seed, amp=self.amp,
-            precision=self.precision, compile=self.compile,
-            save_checkpoint=self.save_checkpoint, logdir=self.logdir, freq_reg_norm=self.freq_reg_norm,
-            freq_reg_weight=self.freq_reg_weight, optim_name=self.optim.name, resume_hint=self.resume_hint,
-            record=self.record,
-        )
+        return self.mode != "normal" or self.loop.val_attack
 
 
 def build_trainer(job: TrainingJob, model: nn.Module, device: torch.device, **loaders) -> Trainer:
@@ -122,9 +91,9 @@ def build_trainer(job: TrainingJob, model: nn.Module, device: torch.device, **lo
     # (fp32 unless given: the release attacked in full precision)
     attack = None
     if job.uses_attack:
-        attack = job.attack.build(with_precision(compiled(model, job.compile, device), job.precision or "fp32"),
-                                  loss_fn)
-    return job.trainer_class(job.trainer_config(), model, device, loss_fn=loss_fn, optimizer=optimizer,
+        attack = job.loop.attack.build(with_precision(compiled(model, job.loop.compile, device),
+                                                      job.loop.precision or "fp32"), loss_fn)
+    return job.trainer_class(job.loop, model, device, loss_fn=loss_fn, optimizer=optimizer,
                              scheduler=build_scheduler(job.optim, optimizer), attack=attack, **loaders)
 
 
@@ -141,7 +110,7 @@ def build_train_loader(job: TrainingJob, rank: int = 0, world: int = 1):
         # once, so a truncated or non-finite training image is one line now, not a loader traceback later
         check_files(item, read_data=True)
     dataset = build_dataset(job.data, "training", "train", items=items)
-    sampler = EpochSampler(len(dataset), seed=job.seed, shuffle=True, rank=rank, world=world)
+    sampler = EpochSampler(len(dataset), seed=job.loop.seed, shuffle=True, rank=rank, world=world)
     workers = job.data.workers
     return DataLoader(EpochSeededDataset(dataset), batch_size=job.batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
@@ -185,9 +154,9 @@ def _log_header(job: TrainingJob, device: torch.device, world: int) -> None:
     logger.info("%s of %s on %s (%d process%s)%s", job.trainer_class.mode, job.model.name, device, world,
                 "es" if world > 1 else "", f", experiment {job.exp_name}" if job.exp_name else "")
     if job.mode != "normal":
-        logger.info("attack: %s", job.attack.summary())
+        logger.info("attack: %s", job.loop.attack.summary())
     if job.mode == "vaft":
-        logger.info("frequency-consistency loss: norm %s, weight %g", job.freq_reg_norm, job.freq_reg_weight)
+        logger.info("frequency-consistency loss: norm %s, weight %g", job.loop.freq_reg_norm, job.loop.freq_reg_weight)
     logger.info("effective batch: %d volume(s) x %d crops x %d process(es) = %d crops per step",
                 job.batch_size, CROPS_PER_VOLUME, world, job.batch_size * CROPS_PER_VOLUME * world)
     if job.optim.schedule not in SCHEDULES:
@@ -200,7 +169,7 @@ def _train_process(job: TrainingJob, device: torch.device) -> TrainingResult:
     (rank 0), so a second training into it is refused instead of replacing its files."""
     rank, world = dist_utils.rank_and_world()
     check_folders(job)
-    seed_everything(job.seed)
+    seed_everything(job.loop.seed)
     model = job.model.build()
     if job.pretrained and job.resume_from is None:  # before any folder is made: a wrong checkpoint leaves none
         load_model_weights(model, job.pretrained, given=job.model.flags())
@@ -223,7 +192,7 @@ def _train_locked(job: TrainingJob, device: torch.device, model: nn.Module, rank
         remove_stale_temporaries(run_dir)  # a checkpoint write killed mid-way
         continuing = job.resume_from is not None and not job.restart
         if not continuing or not os.path.exists(os.path.join(run_dir, "args.json")):
-            write_json(os.path.join(run_dir, "args.json"), dict(job.record))
+            write_json(os.path.join(run_dir, "args.json"), dict(job.loop.record))
         logger.info("host %s, pid %d; arguments in %s", platform.node(), os.getpid(), os.path.join(run_dir, "args.json"))
     dist_utils.barrier()
     if device.type == "cuda":
@@ -275,9 +244,9 @@ def continue_hint(job: TrainingJob) -> str:
     if run_dir is None or (job.resume_from is not None and not job.restart):  # a resume resumes again
         return "run the same command again"
     if os.path.exists(os.path.join(run_dir, LATEST)):
-        return f"run the same command plus {job.resume_hint}"
+        return f"run the same command plus {job.loop.resume_hint}"
     if os.path.exists(os.path.join(run_dir, BEST)):
-        return f"run the same command plus {job.resume_hint.replace('--resume_latest', '--resume_best')}"
+        return f"run the same command plus {job.loop.resume_hint.replace('--resume_latest', '--resume_best')}"
     if os.path.exists(os.path.join(run_dir, METRICS_FILE)):
         return (f"no checkpoint was saved to continue from: run the same command with another --save_model_dir "
                 f"(or remove {os.path.join(run_dir, METRICS_FILE)} to start afresh there)")

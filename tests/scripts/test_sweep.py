@@ -136,7 +136,7 @@ def test_table6_vafa_block_yields_to_an_override_and_its_clip_column_does_not(fl
     assert {r["label"]: r["status"] for r in rows if r["attack"] == "vafa-3d"} == {"VAFA": "skipped", "VAFA clip": "skipped"}
     settings = sweep.SweepSettings(preset=preset, overrides=(*flags, "--block_size", "16", "16", "16",
                                                              "--vafa_normalise", "slice"), out=str(tmp_path))
-    parsed = {c.label: cli.parse_generation_args(sweep.cell_argv(settings, c), raising=True) for c in preset.cells}
+    parsed = {c.label: sweep.cell_args(settings, c) for c in preset.cells}
     assert parsed["VAFA"].block_size == parsed["VAFA clip"].block_size == (16, 16, 16)
     assert (parsed["VAFA"].vafa_normalise, parsed["VAFA clip"].vafa_normalise) == ("slice", "clip")
     assert parsed["APGD"].attack_name == "apgd" and parsed["APGD"].eps == 4
@@ -200,8 +200,8 @@ def test_a_registered_toy_attack_sweeps_from_its_own_presets(flags, tmp_path, mo
 
     monkeypatch.setitem(ATTACKS, "toy-shift", Toy)
     preset = sweep.build_preset(None, ["attack=toy-shift,worst-case"])
-    assert [c.base for c in preset.cells] == [("--attack_name", "toy-shift", "--eps", "2"),
-                                              ("--attack_name", "worst-case", "--eps", "4")]
+    assert [c.base for c in preset.cells] == [{"attack_name": "toy-shift", "eps": 2},
+                                              {"attack_name": "worst-case", "eps": 4}]
     argv = ["--grid", "attack=toy-shift,worst-case", "--steps", "1", "--out", str(tmp_path), *flags]
     code, err = run_main(_script("sweep").main, argv, capsys)
     assert code == 0, err
