@@ -203,6 +203,12 @@ class Attack:
         """One warning about the whole run's cases, or ``None``."""
         return None
 
+    @classmethod
+    def summary_lines(cls, overall: Mapping[str, Any]) -> list:
+        """Lines of the printed summary about this attack's own entries of the run's means
+        (those :meth:`case_metrics` made)."""
+        return []
+
 
 def _format_values(values: Mapping[str, Any]) -> dict:
     out = dict(values)

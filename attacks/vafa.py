@@ -293,6 +293,17 @@ class VAFA(Attack):
         return {key: renormalisation_share(float(sums["diff_sq"]), float(sums["pert_sq"]))}
 
     @classmethod
+    def summary_lines(cls, overall) -> list:
+        lines = []
+        if overall.get("renormalisation_share") is not None:
+            lines.append(f"VAFA renormalisation share {overall['renormalisation_share']:.3f} "
+                         "(share of the perturbation that the release's per-slice min-max makes)")
+        if overall.get("renormalisation_share_if_slice") is not None:
+            lines.append("VAFA renormalisation share had the release's per-slice min-max been used "
+                         f"{overall['renormalisation_share_if_slice']:.3f} (this run clipped: nothing was renormalised)")
+        return lines
+
+    @classmethod
     def review(cls, per_case) -> Optional[str]:
         hit = sorted(name for name, case in per_case.items()
                      if (case.get("renormalisation_share") or 0) > SHARE_WARNING)

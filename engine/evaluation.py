@@ -418,7 +418,7 @@ def finish_run(job: EvalJob, results: dict[str, dict], evaluator: CaseEvaluator,
         write_csv(job.layout.per_case, case_rows(per_case))
         logger.info("results written to %s", job.layout.results)
     if per_case:
-        print(format_summary(overall, job.title), flush=True)
+        print(format_summary(overall, job.title, job.attack.attack_class.summary_lines(overall)), flush=True)
     return report
 
 

@@ -53,7 +53,9 @@ def case_rows(per_case: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def format_summary(overall: dict, title: str) -> str:
+def format_summary(overall: dict, title: str, attack_lines: Sequence[str] = ()) -> str:
+    """The printed summary of a run's means; ``attack_lines``: the attack's own
+    (:meth:`attacks.base.Attack.summary_lines`)."""
     def fmt(value, digits=2):
         return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -70,13 +72,7 @@ def format_summary(overall: dict, title: str) -> str:
         f"SSIM {fmt(overall.get('ssim'), 4)}   PSNR {fmt(overall.get('psnr'))} dB   "
         f"LPIPS similarity {fmt(overall.get('lpips_similarity'))}{lpips_note}",
     ]
-    if overall.get("renormalisation_share") is not None:
-        lines.append(f"VAFA renormalisation share {fmt(overall['renormalisation_share'], 3)} "
-                     "(share of the perturbation that the release's per-slice min-max makes)")
-    if overall.get("renormalisation_share_if_slice") is not None:
-        lines.append(f"VAFA renormalisation share had the release's per-slice min-max been used "
-                     f"{fmt(overall['renormalisation_share_if_slice'], 3)} (this run clipped: nothing was renormalised)")
-    return "\n".join(lines)
+    return "\n".join([*lines, *attack_lines])
 
 
 def report_case(metrics: dict, class_names: Sequence[str]) -> dict:

@@ -83,3 +83,15 @@ def test_the_flag_reaches_adversarial_training_and_its_validation_attack(tmp_pat
     assert jobs.training_job(args).run_dir is None
     args = train_script.parse_args([a for a in argv if a != "--debugging"] + ["--save_model_dir", str(tmp_path)])
     assert jobs.training_job(args).run_dir.endswith("_use_ssim_loss_False_clip")
+
+
+def test_the_renormalisation_lines_come_from_the_attack_class():
+    from attacks import PGD, VAFA3D
+    from engine.reports import format_summary
+
+    overall = {"n_cases": 1, "dice_clean": 70.0, "dice_adv": 60.0, "renormalisation_share_if_slice": 0.9}
+    text = format_summary(overall, "t", VAFA3D.summary_lines(overall))
+    assert "had the release's per-slice min-max been used 0.900 (this run clipped" in text
+    assert VAFA3D.summary_lines({"renormalisation_share": 0.25}) == [
+        "VAFA renormalisation share 0.250 (share of the perturbation that the release's per-slice min-max makes)"]
+    assert PGD.summary_lines(overall) == [] and "renormalisation" not in format_summary(overall, "t")
