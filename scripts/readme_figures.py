@@ -14,6 +14,8 @@ each README block that this script owns, between ``<!-- readme-figures:NAME -->`
   whole first validation case;
 - ``transfer``: a small UNet trained on the demo data, attacked with the demo's PGD, and the
   transfer matrix between it and the demo's UNETR (``docs/transfer_demo.png``);
+- ``precision``: adversarial Dice of PGD, VAFA-3D and APGD with the model's passes in fp32, bf16
+  and fp16 (``scripts/sweep.py --grid``);
 - ``paper-demo``: ``make paper-demo`` (the paper's Tables 2 and 4 at 3 attack steps;
   ``docs/paper_demo_table2.png``);
 - ``table6``: rewritten from ``make robust-demo``'s output when it is finished there (about
@@ -49,6 +51,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import scripts.demo as demo  # noqa: E402
+from attacks import APGD, PGD, VAFA3D  # noqa: E402
 from utils.io import file_fingerprint, read_json, write_json  # noqa: E402
 
 COMMAND = "make readme-figures"
@@ -58,6 +61,7 @@ UNET = ["--model_name", "unet", "--unet_channels", "8", "16", "32", "64", "--une
 UNET_EPOCHS = 100
 BENCH = ["--eps", "4", "8", "--steps", "20", "--max_cases", "1"]
 PAPER_DEMO_STEPS = 3
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 # --------------------------------------------------------------------------- README blocks
@@ -353,6 +357,33 @@ def transfer_section(ctx: Context, runner: Runner) -> Section:
     return Section("transfer", commands, render)
 
 
+def precision_section(ctx: Context, runner: Runner) -> Section:
+    """The same attacks with the model's passes in each precision (a sweep over attack x precision)."""
+    out = os.path.join(ctx.work, "precision")
+    attacks = (PGD.name, VAFA3D.name, APGD.name)
+    commands = [Command("scripts/sweep.py", (
+        "--grid", "attack=" + ",".join(attacks), "--grid", "precision=" + ",".join(PRECISIONS), "--steps", "10",
+        "--out", out, *demo.MODEL, *ctx.data, "--infer_overlap", "0.25", "--pretrained_path", ctx.checkpoint,
+        "--workers", "2"))]
+
+    def render():
+        cells = read_json(os.path.join(out, "sweep.json"))["cells"]
+        value = {(c["attack"], str(c["param_precision"])): c for c in cells}
+        lines = ["| attack | " + " | ".join(PRECISIONS) + " |", "|---|" + "---|" * len(PRECISIONS)]
+        clean = [fmt(value[(attacks[0], p)]["dice_clean"], 2) for p in PRECISIONS]
+        lines.append("| (clean) | " + " | ".join(clean) + " |")
+        for attack in attacks:
+            lines.append(f"| {attack} | " + " | ".join(fmt(value[(attack, p)]["dice_adv"], 2) for p in PRECISIONS) + " |")
+        spread = max(max(value[(a, p)]["dice_adv"] for p in PRECISIONS) - min(value[(a, p)]["dice_adv"] for p in PRECISIONS)
+                     for a in attacks)
+        return {"precision": code_block(commands) + "\nDice % (2 validation cases, 10 steps; attacks at their paper "
+                "settings: ε = 4/255, VAFA q_max 20 on 8³ blocks):\n\n" + "\n".join(lines)
+                + f"\n\nLargest difference between the precisions for one attack: {spread:.2f} Dice points.\n\n"
+                + stamp(runner.seconds(commands) / 60)}
+
+    return Section("precision", commands, render)
+
+
 def paper_demo_section(ctx: Context, runner: Runner, out: str = "paper_demo_output") -> Section:
     """``make paper-demo``'s two sweeps."""
     flags = [*demo.MODEL, *ctx.data, "--infer_overlap", "0.25", "--pretrained_path", ctx.checkpoint, "--workers", "2"]
@@ -400,12 +431,13 @@ def table6_section(ctx: Context) -> Section:
     return Section("table6", [], render)
 
 
-SECTIONS = ("demo", "last-step", "stronger-attacks", "transfer", "paper-demo", "table6")
+SECTIONS = ("demo", "last-step", "stronger-attacks", "precision", "transfer", "paper-demo", "table6")
 
 
 def build_sections(ctx: Context, runner: Runner) -> Dict[str, Section]:
     return {"demo": demo_section(ctx), "last-step": last_step_section(ctx, runner),
-            "stronger-attacks": bench_section(ctx, runner), "transfer": transfer_section(ctx, runner),
+            "stronger-attacks": bench_section(ctx, runner), "precision": precision_section(ctx, runner),
+            "transfer": transfer_section(ctx, runner),
             "paper-demo": paper_demo_section(ctx, runner), "table6": table6_section(ctx)}
 
 

@@ -170,3 +170,16 @@ def test_the_table6_block_waits_for_a_finished_robust_demo(tmp_path):
     text = section.render()["table6"]
     assert "| M_clean | 70.0 (74.3) |" in text and "- 12 epochs" in text and "| x |" not in text
     assert (tmp_path / "docs" / "robust_demo_table6.png").read_bytes() == b"fig"
+
+
+def test_the_precision_block_tabulates_attack_by_precision(tmp_path):
+    ctx = _context(tmp_path)
+    out = tmp_path / "work" / "precision"
+    out.mkdir(parents=True)
+    cells = [{"attack": a, "param_precision": p, "dice_clean": 70.0 + i, "dice_adv": 60.0 + i + j / 10}
+             for j, a in enumerate(("pgd", "vafa-3d", "apgd")) for i, p in enumerate(("fp32", "bf16", "fp16"))]
+    (out / "sweep.json").write_text(json.dumps({"cells": cells}))
+    text = readme_figures.precision_section(ctx, readme_figures.Runner(str(tmp_path / "work"), "s")).render()["precision"]
+    assert "| (clean) | 70.00 | 71.00 | 72.00 |" in text and "| vafa-3d | 60.10 | 61.10 | 62.10 |" in text
+    assert "Largest difference between the precisions for one attack: 2.00 Dice points." in text
+    assert "--grid precision=fp32,bf16,fp16" in text
