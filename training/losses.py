@@ -8,7 +8,7 @@ from monai.losses import DiceCELoss
 
 from attacks.frequency import dct
 
-__all__ = ["FREQ_NORMS", "DeepSupervisionLoss", "FrequencyConsistencyLoss", "FusedDiceCE", "build_dice_ce",
+__all__ = ["FREQ_NORMS", "DeepSupervisionLoss", "FusedDiceCE", "build_dice_ce",
            "frequency_consistency_loss", "full_resolution"]
 
 
@@ -190,28 +190,3 @@ def frequency_consistency_loss(
             return distance
         # the reference divides unguarded; the floor only turns 0/0 (all-zero logits) into 0
         return distance / spec_clean.abs().sum().clamp_min(torch.finfo(dtype).tiny)
-
-
-class FrequencyConsistencyLoss(nn.Module):
-    """``weight * frequency_consistency_loss(logits_clean, logits_adv, norm)``.
-
-    Args:
-        norm: ``"relative"`` (reference, default) or ``"l1"`` (paper's Eq. 4).
-        weight: factor on the loss (the reference adds it with weight 1).
-
-    Raises:
-        ValueError: unknown ``norm``.
-    """
-
-    def __init__(self, norm: str = "relative", weight: float = 1.0) -> None:
-        super().__init__()
-        _check_norm(norm)
-        self.norm = norm
-        self.weight = float(weight)
-
-    def forward(self, logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
-        """Args: logits ``[B, N, H, W, D]`` on clean and adversarial images. Returns a scalar."""
-        return self.weight * frequency_consistency_loss(logits_clean, logits_adv, self.norm)
-
-    def extra_repr(self) -> str:
-        return f"norm={self.norm!r}, weight={self.weight}"
