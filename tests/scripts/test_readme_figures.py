@@ -172,7 +172,10 @@ def test_the_table6_block_waits_for_a_finished_robust_demo(tmp_path):
     assert (tmp_path / "docs" / "robust_demo_table6.png").read_bytes() == b"fig"
 
 
-def test_the_precision_block_tabulates_attack_by_precision(tmp_path):
+def test_the_precision_block_tabulates_attack_by_precision(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fp16 only where a card runs it natively
     ctx = _context(tmp_path)
     out = tmp_path / "work" / "precision"
     out.mkdir(parents=True)
@@ -183,3 +186,18 @@ def test_the_precision_block_tabulates_attack_by_precision(tmp_path):
     assert "| (clean) | 70.00 | 71.00 | 72.00 |" in text and "| vafa-3d | 60.10 | 61.10 | 62.10 |" in text
     assert "Largest difference between the precisions for one attack: 2.00 Dice points." in text
     assert "--grid precision=fp32,bf16,fp16" in text
+
+
+def test_the_precision_block_leaves_fp16_out_on_a_cpu(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    section = readme_figures.precision_section(_context(tmp_path), readme_figures.Runner(str(tmp_path / "work"), "s"))
+    assert "precision=fp32,bf16" in section.commands[0].argv
+    out = tmp_path / "work" / "precision"
+    out.mkdir(parents=True)
+    cells = [{"attack": a, "param_precision": p, "dice_clean": 70.0, "dice_adv": 60.0}
+             for a in ("pgd", "vafa-3d", "apgd") for p in ("fp32", "bf16")]
+    (out / "sweep.json").write_text(json.dumps({"cells": cells}))
+    text = section.render()["precision"]
+    assert "| attack | fp32 | bf16 |" in text and "fp16 is left out on a CPU" in text
