@@ -323,10 +323,12 @@ def parse(description: str, argv: Sequence[str] | None, groups: Iterable[Callabl
 
 def recorded_args(record: Mapping[str, Any], script: Script) -> argparse.Namespace:
     """A run's recorded arguments (its ``args.json``) as the script's ``Namespace``: the script's defaults
-    for flags newer than the record, JSON lists as tuples."""
-    args = script.parser().parse_args([])
+    for flags newer than the record, values held as the parser holds them."""
+    parser = script.parser()
+    args = parser.parse_args([])
+    types = {action.dest: action.type for action in parser._actions}
     for key, value in record.items():
-        setattr(args, key, tuple(value) if isinstance(value, list) else value)
+        setattr(args, key, _as_parsed(value, types.get(key)))
     return args
 
 

@@ -41,7 +41,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -52,6 +51,9 @@ sys.path.insert(0, ROOT)
 
 import scripts.demo as demo  # noqa: E402
 from attacks import APGD, PGD, VAFA3D  # noqa: E402
+from engine.jobs import run_driver  # noqa: E402
+from utils.distributed import StopRequested, check_stop, pending_stop  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.io import file_fingerprint, read_json, write_json  # noqa: E402
 
 COMMAND = "make readme-figures"
@@ -128,12 +130,6 @@ class Command:
         return json.dumps([self.script, list(self.argv)])
 
 
-class Stopped(Exception):
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 class Runner:
     """Runs commands once per demo checkpoint, recording them (and their wall times) in ``done.json``."""
 
@@ -141,41 +137,41 @@ class Runner:
         self.path = os.path.join(work, "done.json")
         self.base_sha = base_sha
         self.done = read_json(self.path) if os.path.exists(self.path) else {}
-        self.child: Optional[subprocess.Popen] = None
-        self.signum: Optional[int] = None
-
-    def stop(self, signum, frame) -> None:  # noqa: ARG002 - signal API
-        self.signum = signum
-        if self.child is not None and self.child.poll() is None:
-            self.child.send_signal(signum)
 
     def seconds(self, commands: List[Command]) -> float:
         return sum(self.done.get(c.key, {}).get("seconds", 0.0) for c in commands)
 
     def run(self, command: Command) -> None:
-        """Run ``command`` unless it finished before on the same demo checkpoint.
+        """Run ``command`` unless it finished before on the same demo checkpoint. A stop signal recorded by
+        the driver (:func:`utils.distributed.stop_on_signals`) is passed on to the running command.
 
         Raises:
-            Stopped: a stop signal arrived (the command's own exit status 128 + signal, or ours).
-            RuntimeError: the command failed.
+            StopRequested: a stop signal arrived (the command's own exit status 128 + signal, or ours).
+            UserError: the command failed (its message is above).
         """
-        if self.signum:
-            raise Stopped(self.signum)
+        check_stop()
         record = self.done.get(command.key)
         if record and record.get("base_sha256") == self.base_sha:
             print(f"(done before: {shown(command)})", flush=True)
             return
         print(f"\n$ {shown(command)}", flush=True)
         started = time.perf_counter()
-        self.child = subprocess.Popen([sys.executable, os.path.join(ROOT, command.script), *command.argv], cwd=ROOT)
-        code = self.child.wait()
-        self.child = None
-        if code < 0:
-            code = 128 - code
-        if self.signum or code > 128:
-            raise Stopped(self.signum or code - 128)
+        child = subprocess.Popen([sys.executable, os.path.join(ROOT, command.script), *command.argv], cwd=ROOT)
+        forwarded = False
+        while True:
+            try:
+                code = child.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if not forwarded and pending_stop():
+                    child.send_signal(pending_stop())  # a signal sent to this process alone
+                    forwarded = True
+        code = 128 - code if code < 0 else code
+        if code > 128:
+            raise StopRequested(code - 128)
+        check_stop()
         if code:
-            raise RuntimeError(f"{shown(command)} failed with exit status {code}")
+            raise UserError(f"{shown(command)} failed with exit status {code} (its message is above)")
         self.done[command.key] = {"base_sha256": self.base_sha, "seconds": round(time.perf_counter() - started, 1)}
         write_json(self.path, self.done)
 
@@ -481,31 +477,33 @@ def main(argv=None) -> int:
         return code
     ctx = Context(out=os.path.abspath(args.out), work=os.path.abspath(args.work),
                   robust_out=os.path.abspath(args.robust_out), docs=args.docs, readme=args.readme, epochs=args.epochs)
+    return run_driver(lambda names: rebuild_sections(ctx, names), args.sections, "readme_figures.py", unit="command")
+
+
+def rebuild_sections(ctx: Context, names: List[str]) -> None:
+    """Run each section's commands and rewrite its README blocks.
+
+    Raises:
+        UserError: a command failed, or an output or README marker is missing.
+        StopRequested: a stop signal (finished commands are not rerun by the same command).
+    """
+    started = time.perf_counter()
     os.makedirs(ctx.work, exist_ok=True)
     runner = Runner(ctx.work, file_fingerprint(ctx.checkpoint)["sha256"])
-    previous = {s: signal.signal(s, runner.stop) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
-    started = time.perf_counter()
-    try:
-        sections = build_sections(ctx, runner)
-        for name in args.sections:
-            for command in sections[name].commands:
-                runner.run(command)
+    sections = build_sections(ctx, runner)
+    for name in names:
+        for command in sections[name].commands:
+            runner.run(command)
+        check_stop()
+        try:
             blocks = sections[name].render()
             if blocks:
-                rewrite(args.readme, blocks)
-                print(f"rewrote {', '.join(blocks)} in {args.readme}", flush=True)
-    except Stopped as stop:
-        print(f"readme_figures.py: stopped by {signal.Signals(stop.signum).name}; run the same command again to "
-              "continue (finished commands are not rerun)", file=sys.stderr)
-        return 128 + stop.signum
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        print(f"readme_figures.py: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+                rewrite(ctx.readme, blocks)
+        except (OSError, ValueError, KeyError) as err:
+            raise UserError(f"section {name}: {err}") from None
+        if blocks:
+            print(f"rewrote {', '.join(blocks)} in {ctx.readme}", flush=True)
     print(f"readme figures rewritten in {(time.perf_counter() - started) / 60:.1f} min (the demo aside)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import os
 import shlex
@@ -53,10 +52,10 @@ from engine import cli, jobs  # noqa: E402
 from engine.flags import RUNTIME_FLAGS  # noqa: E402
 from studies import paper_tables  # noqa: E402
 from studies.sweep import TABLE6_ATTACKS  # noqa: E402
-from utils.distributed import StopRequested  # noqa: E402
+from utils.distributed import StopRequested, check_stop  # noqa: E402
 from utils.logs import setup_logging  # noqa: E402
-from utils.errors import EXIT_USER_ERROR, UserError  # noqa: E402
-from utils.io import read_json, to_jsonable, write_bytes, write_json  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+from utils.io import file_fingerprint, read_json, to_jsonable, write_bytes, write_json  # noqa: E402
 
 logger = logging.getLogger("robust_demo")
 
@@ -133,42 +132,13 @@ def largest_block(roi, limit: int = 32) -> int:
 
 
 def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------- stop signals
-
-
-class Stopped(Exception):
-    """A stop signal arrived: the unit in progress was dropped."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-_received: list = []
-
-
-def _record(signum, frame):  # noqa: ARG001 - signal API
-    _received.append(signum)
-
-
-def check_stop() -> None:
-    """Raise :class:`Stopped` when SIGTERM/SIGUSR1 arrived between or during a unit (whose own handlers
-    stop it early: the trainer after its batch, an evaluation after its tile batch)."""
-    if _received:
-        raise Stopped(_received[0])
+    return file_fingerprint(path)["sha256"]
 
 
 def _stopped_by_status(code: int) -> None:
-    """A unit's exit status 128 + signal (SIGINT's KeyboardInterrupt ends in 130) as :class:`Stopped`."""
+    """A unit's exit status 128 + signal (SIGINT's KeyboardInterrupt ends in 130) as a stop of the driver."""
     if code > 128 and code - 128 in {s.value for s in signal.Signals}:
-        raise Stopped(code - 128)
+        raise StopRequested(code - 128)
 
 
 # --------------------------------------------------------------------------- training
@@ -201,7 +171,7 @@ def ensure_model(name: str, argv, base_sha: str, folder: str) -> str:
 
     Raises:
         UserError: the folder holds another model (other base weights or flags), or its checkpoint changed.
-        Stopped: a stop signal ended the training before its last epoch.
+        StopRequested: a stop signal ended the training before its last epoch.
     """
     checkpoint = os.path.join(folder, "model_latest.pt")
     manifest_path = os.path.join(folder, MANIFEST)
@@ -235,7 +205,7 @@ def ensure_model(name: str, argv, base_sha: str, folder: str) -> str:
     logger.info("%s: training -> %s\n$ python run_normal_or_adv_training.py %s", name, shown, shlex.join(run_argv))
     result = train(run_argv)
     if result.preempted:
-        raise Stopped(getattr(signal, result.stop_signal or "", signal.SIGTERM))
+        raise StopRequested(getattr(signal, result.stop_signal or "", signal.SIGTERM))
     check_stop()
     epochs = want["flags"]["max_epochs"]
     if result.epochs_done < epochs or not os.path.isfile(checkpoint):
@@ -248,7 +218,7 @@ def train(argv):
     """One run of the training script, in this process; its :class:`trainer.TrainingResult`.
 
     Raises:
-        Stopped: SIGINT ended it (exit status 130).
+        StopRequested: SIGINT ended it (exit status 130).
         SystemExit: it failed (its one-line message is printed), with its exit status.
     """
     from training.run import run_training
@@ -272,7 +242,7 @@ def evaluate(checkpoints: dict, common, args, block: int, out: str):
 
     Raises:
         UserError: ``out`` holds results of an earlier model of the same name (other weights).
-        Stopped: a stop signal ended a cell.
+        StopRequested: a stop signal ended a cell.
     """
     from studies.sweep import SweepSettings, build_preset, run_cell, run_sweep
 
@@ -395,22 +365,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, passed = parse_args(argv)
     setup_logging()
-    _received.clear()
-    previous = {s: signal.signal(s, _record) for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s}
-    try:
-        return run(args, passed, argv)
-    except UserError as err:
-        sys.stderr.write(f"{PROG}: error: {' '.join(str(err).split())}\n")
-        return EXIT_USER_ERROR
-    except (Stopped, StopRequested, KeyboardInterrupt) as stop:  # StopRequested: an evaluation cell's safe point
-        signum = int(stop.signum) if isinstance(stop, (Stopped, StopRequested)) else signal.SIGINT.value
-        sys.stderr.write(f"{PROG}: stopped by {signal.Signals(signum).name}: finished models and evaluation cells "
-                         "are kept; run the same command again to continue\n")
-        return 128 + signum
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        _received.clear()
+    return jobs.run_driver(lambda _: run(args, passed, argv), None, PROG, unit="model and evaluation cell")
 
 
 if __name__ == "__main__":

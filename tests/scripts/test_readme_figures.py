@@ -78,10 +78,7 @@ def test_a_command_runs_once_per_demo_checkpoint(tmp_path, monkeypatch):
         def __init__(self, argv, cwd):
             calls.append(argv[-1])
 
-        def wait(self):
-            return 0
-
-        def poll(self):
+        def wait(self, timeout=None):
             return 0
 
     monkeypatch.setattr(readme_figures.subprocess, "Popen", Child)
@@ -97,21 +94,51 @@ def test_a_command_runs_once_per_demo_checkpoint(tmp_path, monkeypatch):
 
 
 def test_a_command_stopped_by_a_signal_stops_the_driver_and_is_not_recorded(tmp_path, monkeypatch):
+    from utils.distributed import StopRequested
+
     class Child:
         def __init__(self, argv, cwd):
             pass
 
-        def wait(self):
+        def wait(self, timeout=None):
             return -15  # killed by SIGTERM
-
-        def poll(self):
-            return -15
 
     monkeypatch.setattr(readme_figures.subprocess, "Popen", Child)
     runner = readme_figures.Runner(str(tmp_path), "sha")
-    with pytest.raises(readme_figures.Stopped) as stop:
+    with pytest.raises(StopRequested) as stop:
         runner.run(readme_figures.Command("x.py", ()))
     assert stop.value.signum == 15 and not (tmp_path / "done.json").exists()
+
+
+def test_a_stop_signal_to_the_driver_alone_is_passed_to_the_running_command(tmp_path, monkeypatch):
+    """SIGTERM sent to the driver's pid only (not its process group): the running command gets it, the driver
+    ends with StopRequested after the command has stopped, and nothing is recorded."""
+    import signal
+
+    from utils import distributed
+    from utils.distributed import StopRequested
+
+    sent = []
+
+    class Child:
+        def __init__(self, argv, cwd):
+            self.waits = 0
+
+        def wait(self, timeout=None):
+            self.waits += 1
+            if self.waits == 1:
+                signal.raise_signal(signal.SIGTERM)  # arrives while the command runs
+                raise readme_figures.subprocess.TimeoutExpired("x", timeout)
+            return 143 if sent else 0
+
+        def send_signal(self, signum):
+            sent.append(signum)
+
+    monkeypatch.setattr(readme_figures.subprocess, "Popen", Child)
+    with distributed.stop_on_signals(), pytest.raises(StopRequested) as stop:
+        readme_figures.Runner(str(tmp_path), "sha").run(readme_figures.Command("x.py", ()))
+    assert sent == [signal.SIGTERM] and stop.value.signum == signal.SIGTERM
+    assert not (tmp_path / "done.json").exists()
 
 
 def _context(tmp_path):
